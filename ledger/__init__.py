@@ -1,0 +1,1 @@
+"""The ledger: the pure billing core (``ledger.core``) and the event store (``ledger.store``)."""

@@ -1,0 +1,71 @@
+"""Canonical JSON: the one byte form that is stored, hashed and compared.
+
+Sorted keys, no insignificant whitespace, UTF-8, decimals as plain strings (never
+exponent notation, never floats) and instants as UTC RFC 3339 with microseconds.
+The same value always encodes to the same bytes, which is what makes hashes over
+events and invoices verifiable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+JsonValue = None | bool | int | str | list["JsonValue"] | dict[str, "JsonValue"]
+
+
+def format_instant(instant: datetime) -> str:
+    """Render an aware instant as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    assert instant.tzinfo is not None, "instants must be timezone-aware"
+    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_instant(text: str) -> datetime:
+    """Inverse of :func:`format_instant`."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def format_decimal(value: Decimal) -> str:
+    """Plain positional notation: ``Decimal('1E+3')`` is ``'1000'``."""
+    assert value.is_finite(), "only finite decimals are representable"
+    return format(value, "f")
+
+
+def to_json_value(value: Any) -> JsonValue:  # noqa: PLR0911 - one branch per shape
+    """Convert plain domain values into JSON-ready values, refusing floats."""
+    if value is None or isinstance(value, bool | int | str):
+        if isinstance(value, Enum):
+            return str(value.value)
+        return value
+    if isinstance(value, Enum):
+        return to_json_value(value.value)
+    if isinstance(value, Decimal):
+        return format_decimal(value)
+    if isinstance(value, datetime):
+        return format_instant(value)
+    if isinstance(value, Mapping):
+        return {str(key): to_json_value(item) for key, item in value.items()}
+    if isinstance(value, Sequence):
+        return [to_json_value(item) for item in value]
+    raise TypeError(f"not canonically encodable: {type(value).__name__}")
+
+
+def canonical_json(value: Any) -> bytes:
+    """Encode ``value`` to canonical JSON bytes."""
+    return json.dumps(
+        to_json_value(value),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    ).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,113 @@
+"""Domain events: frozen dataclasses named in the past tense.
+
+Each class has an ``EVENT_TYPE`` and a ``SCHEMA_VERSION``. A shipped event
+class is never edited: a change adds a version and an upcaster in
+:data:`UPCASTERS`, which converts stored payloads of older versions on read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, Final
+
+from ledger.core.catalog import BillableMetric, Contract, Product, RateCardVersion
+from ledger.core.codec import decode, encode
+from ledger.core.invoice import Invoice
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    """Base of all events; subclasses set the two class variables."""
+
+    EVENT_TYPE: ClassVar[str]
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+
+@dataclass(frozen=True)
+class UsageRecorded(DomainEvent):
+    EVENT_TYPE: ClassVar[str] = "UsageRecorded"
+
+    customer_id: str
+    transaction_id: str
+    event_type: str
+    occurred_at: datetime
+    properties: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class BillableMetricCreated(DomainEvent):
+    EVENT_TYPE: ClassVar[str] = "BillableMetricCreated"
+
+    metric: BillableMetric
+
+
+@dataclass(frozen=True)
+class ProductCreated(DomainEvent):
+    EVENT_TYPE: ClassVar[str] = "ProductCreated"
+
+    product: Product
+
+
+@dataclass(frozen=True)
+class RateCardPublished(DomainEvent):
+    EVENT_TYPE: ClassVar[str] = "RateCardPublished"
+
+    rate_card: RateCardVersion
+
+
+@dataclass(frozen=True)
+class CustomerCreated(DomainEvent):
+    EVENT_TYPE: ClassVar[str] = "CustomerCreated"
+
+    customer_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ContractCreated(DomainEvent):
+    EVENT_TYPE: ClassVar[str] = "ContractCreated"
+
+    contract: Contract
+
+
+@dataclass(frozen=True)
+class InvoiceFinalized(DomainEvent):
+    EVENT_TYPE: ClassVar[str] = "InvoiceFinalized"
+
+    invoice: Invoice
+    content_sha256: str
+
+
+EVENT_CLASSES: Final[dict[str, type[DomainEvent]]] = {
+    cls.EVENT_TYPE: cls
+    for cls in (
+        UsageRecorded,
+        BillableMetricCreated,
+        ProductCreated,
+        RateCardPublished,
+        CustomerCreated,
+        ContractCreated,
+        InvoiceFinalized,
+    )
+}
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+# (event_type, from_version) -> function returning the payload at from_version + 1.
+UPCASTERS: Final[dict[tuple[str, int], Upcaster]] = {}
+
+
+def to_payload(event: DomainEvent) -> dict[str, Any]:
+    """The event's payload as JSON-ready values (for canonical encoding)."""
+    return encode(event)
+
+
+def from_payload(event_type: str, schema_version: int, payload: dict[str, Any]) -> DomainEvent:
+    """Rebuild an event, upcasting older stored schema versions first."""
+    cls = EVENT_CLASSES[event_type]
+    version = schema_version
+    while version < cls.SCHEMA_VERSION:
+        payload = UPCASTERS[(event_type, version)](payload)
+        version += 1
+    return decode(cls, payload)

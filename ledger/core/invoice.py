@@ -1,0 +1,81 @@
+"""Invoices as values, and their canonical form and content hash.
+
+The canonical form is what a finalized invoice's SHA-256 is computed over and
+what replay must reproduce byte for byte. Status is not part of it: an invoice's
+content does not change when it is finalized or voided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from ledger.core.canonical import canonical_json, sha256_hex
+from ledger.core.catalog import RateModel
+from ledger.core.codec import encode
+
+
+@dataclass(frozen=True)
+class InvoiceLine:
+    """One priced quantity, with everything needed to see how it was computed."""
+
+    product_id: str
+    product_name: str
+    metric_id: str
+    group_values: Mapping[str, str]
+    rate_card_id: str
+    rate_card_version: int
+    segment_start: datetime
+    segment_end: datetime
+    model: RateModel
+    quantity: Decimal
+    unit_price: Decimal
+    amount: Decimal
+    explanation: str
+
+
+@dataclass(frozen=True)
+class UnbilledUsage:
+    """Usage a metric matched but could not bill, counted with its reason."""
+
+    metric_id: str
+    reason: str
+    event_count: int
+
+
+@dataclass(frozen=True)
+class Invoice:
+    """A customer's bill for one contract period, computed through a ledger position."""
+
+    invoice_id: str
+    customer_id: str
+    contract_id: str
+    currency: str
+    period_start: datetime
+    period_end: datetime
+    lines: tuple[InvoiceLine, ...]
+    subtotal: Decimal
+    credits_applied: Decimal
+    total: Decimal
+    computed_through_seq: int
+    rate_card_id: str
+    rate_card_versions: tuple[int, ...]
+    contract_version: int
+    unbilled: tuple[UnbilledUsage, ...] = field(default=())
+
+
+def invoice_id_for(contract_id: str, period_start: datetime) -> str:
+    """The stable id of a contract's invoice for the period starting then."""
+    return f"in-{contract_id}-{period_start:%Y%m%d}"
+
+
+def canonical_invoice(invoice: Invoice) -> bytes:
+    """The invoice's canonical JSON bytes."""
+    return canonical_json(encode(invoice))
+
+
+def content_sha256(invoice: Invoice) -> str:
+    """SHA-256 (hex) of the canonical form; what finalization records."""
+    return sha256_hex(canonical_invoice(invoice))

@@ -1,0 +1,120 @@
+"""Reduce usage events to quantities per billable metric, group and pricing segment.
+
+A :class:`Tally` is a monoid: tallies of disjoint sets of events merge into the
+tally of their union, in any order. That is why a draft invoice read from hourly
+rollups plus a raw tail equals a replay that folds every raw event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from ledger.core.catalog import Aggregation, BillableMetric
+from ledger.core.events import UsageRecorded
+from ledger.core.money import EXACT, is_decimal_text
+
+GroupKey = tuple[str, ...]
+# (segment start, metric id, group values in the metric's group_by order)
+UsageKey = tuple[datetime, str, GroupKey]
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Aggregation state of some usage events for one metric and group."""
+
+    count: int = 0
+    total: Decimal = Decimal(0)
+    maximum: Decimal | None = None
+    unbilled: Mapping[str, int] = field(default_factory=dict)
+
+    def merge(self, other: Tally) -> Tally:
+        unbilled = dict(self.unbilled)
+        for reason, count in other.unbilled.items():
+            unbilled[reason] = unbilled.get(reason, 0) + count
+        maxima = [m for m in (self.maximum, other.maximum) if m is not None]
+        return Tally(
+            count=self.count + other.count,
+            total=EXACT.add(self.total, other.total),
+            maximum=max(maxima) if maxima else None,
+            unbilled=unbilled,
+        )
+
+    def quantity(self, aggregation: Aggregation) -> Decimal:
+        if aggregation is Aggregation.COUNT:
+            return Decimal(self.count)
+        if aggregation is Aggregation.SUM:
+            return self.total
+        return self.maximum if self.maximum is not None else Decimal(0)
+
+
+def matches(metric: BillableMetric, usage: UsageRecorded) -> bool:
+    """Whether the metric selects this usage event."""
+    return usage.event_type == metric.event_type and all(
+        f.matches(usage.properties) for f in metric.filters
+    )
+
+
+def group_of(metric: BillableMetric, properties: Mapping[str, str]) -> GroupKey:
+    """The event's pricing dimensions; a missing property is the empty value."""
+    return tuple(properties.get(name, "") for name in metric.group_by)
+
+
+def measure(metric: BillableMetric, usage: UsageRecorded) -> Tally | None:
+    """The tally of one event for one metric, or None when it does not match."""
+    if not matches(metric, usage):
+        return None
+    if not metric.aggregation.needs_property:
+        return Tally(count=1)
+    assert metric.property is not None, "validated when the metric was created"
+    raw = usage.properties.get(metric.property)
+    if raw is None:
+        return Tally(unbilled={f"missing property '{metric.property}'": 1})
+    if not is_decimal_text(raw):
+        return Tally(unbilled={f"property '{metric.property}' is not a number": 1})
+    value = Decimal(raw)
+    return Tally(count=1, total=value, maximum=value)
+
+
+def segment_start_for(segment_starts: Sequence[datetime], instant: datetime) -> datetime | None:
+    """Start of the segment containing ``instant`` (segments are sorted, contiguous)."""
+    found = None
+    for start in segment_starts:
+        if start <= instant:
+            found = start
+    return found
+
+
+def fold_usage(
+    events: Iterable[UsageRecorded],
+    metrics: Iterable[BillableMetric],
+    segment_starts: Sequence[datetime],
+    period_end: datetime,
+) -> dict[UsageKey, Tally]:
+    """Fold raw usage events of one customer into tallies per segment, metric and group."""
+    metric_list = list(metrics)
+    tallies: dict[UsageKey, Tally] = {}
+    for usage in events:
+        if usage.occurred_at >= period_end:
+            continue
+        start = segment_start_for(segment_starts, usage.occurred_at)
+        if start is None:
+            continue
+        for metric in metric_list:
+            tally = measure(metric, usage)
+            if tally is None:
+                continue
+            key = (start, metric.metric_id, group_of(metric, usage.properties))
+            tallies[key] = tallies[key].merge(tally) if key in tallies else tally
+    return tallies
+
+
+def merge_tallies(*parts: Mapping[UsageKey, Tally]) -> dict[UsageKey, Tally]:
+    """Merge several tally maps (e.g. rollups and a raw tail) into one."""
+    merged: dict[UsageKey, Tally] = {}
+    for part in parts:
+        for key, tally in part.items():
+            merged[key] = merged[key].merge(tally) if key in merged else tally
+    return merged

@@ -1,0 +1,1 @@
+"""The event store: an append-only, hash-chained PostgreSQL table of events."""

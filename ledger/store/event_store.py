@@ -1,0 +1,287 @@
+"""PostgreSQL event store: gapless, hash-chained, idempotent, batched appends."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+from ledger.core.canonical import canonical_json
+from ledger.core.errors import DomainError, Rule
+from ledger.store.chain import row_hash
+from ledger.store.records import (
+    Appended,
+    AppendOutcome,
+    Duplicate,
+    KeyReused,
+    NewEvent,
+    StoredEvent,
+)
+
+DEFAULT_PARTITION: Final = 0
+NOTIFY_CHANNEL: Final = "accrual_events"
+_COLUMNS: Final = (
+    "seq, partition, stream_id, stream_version, event_type, schema_version, payload, metadata, "
+    "occurred_at, recorded_at, idempotency_key, request_hash, prev_hash, hash"
+)
+
+Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
+
+
+@dataclass(frozen=True)
+class Head:
+    """The newest position of a ledger partition and its chain hash."""
+
+    seq: int
+    hash: bytes
+
+
+def stored_event(row: Sequence[Any]) -> StoredEvent:
+    """Build a :class:`StoredEvent` from a row selected with ``_COLUMNS``."""
+    return StoredEvent(*row)
+
+
+class PostgresEventStore:
+    """The one writer of the ``events`` table.
+
+    ``clock`` supplies ``recorded_at``; it is passed in so tests control it.
+    """
+
+    def __init__(self, pool: Pool, clock: Callable[[], datetime]) -> None:
+        self._pool = pool
+        self._clock = clock
+
+    async def append(self, events: Sequence[NewEvent]) -> list[AppendOutcome]:
+        """Append ``events`` in one transaction, in order.
+
+        Each event with an idempotency key already in the ledger is answered
+        :class:`Duplicate` (same request hash) or :class:`KeyReused` (another
+        one) and is not written. An expected-version mismatch fails the whole
+        append with ``STREAM_VERSION_CONFLICT`` and writes nothing.
+        """
+        if not events:
+            return []
+        async with self._pool.connection() as conn, conn.transaction():
+            return await self._append_locked(conn, events)
+
+    async def _append_locked(
+        self, conn: AsyncConnection[TupleRow], events: Sequence[NewEvent]
+    ) -> list[AppendOutcome]:
+        head = await _lock_head(conn)
+        seen = await _existing_keys(conn, [e.idempotency_key for e in events if e.idempotency_key])
+        versions = await _stream_versions(conn, {e.stream_id for e in events})
+        recorded_at = self._clock()
+        outcomes: list[AppendOutcome] = []
+        rows: list[tuple[Any, ...]] = []
+        seq, prev_hash = head.seq, head.hash
+        for event in events:
+            earlier = seen.get(event.idempotency_key) if event.idempotency_key else None
+            if earlier is not None:
+                same = earlier[1] == event.request_hash
+                outcomes.append(Duplicate(earlier[0]) if same else KeyReused(earlier[0]))
+                continue
+            version = versions.get(event.stream_id, 0)
+            _check_expected(event, version)
+            seq, version = seq + 1, version + 1
+            row = _row(event, seq, version, prev_hash, recorded_at)
+            prev_hash = row[-1]
+            rows.append(row)
+            versions[event.stream_id] = version
+            if event.idempotency_key:
+                seen[event.idempotency_key] = (seq, event.request_hash)
+            outcomes.append(Appended(seq, version))
+        if rows:
+            await _write(conn, rows, versions, Head(seq, prev_hash))
+        return outcomes
+
+    async def head(self) -> Head:
+        """The newest committed position."""
+        async with self._pool.connection() as conn:
+            return await read_head(conn)
+
+    async def read_all(self, after_seq: int, limit: int) -> list[StoredEvent]:
+        """Up to ``limit`` events with ``seq > after_seq`` in ledger order."""
+        async with self._pool.connection() as conn:
+            return await read_after(conn, after_seq, limit)
+
+    async def read_streams(
+        self, stream_ids: Iterable[str], up_to_seq: int | None = None
+    ) -> list[StoredEvent]:
+        """Every event of the given streams (through ``up_to_seq``), in ledger order."""
+        async with self._pool.connection() as conn:
+            return await read_streams(conn, stream_ids, up_to_seq)
+
+    async def stream_versions(self, stream_ids: Iterable[str]) -> dict[str, int]:
+        """The current version of each existing stream among ``stream_ids``."""
+        async with self._pool.connection() as conn:
+            return await _stream_versions(conn, set(stream_ids))
+
+    async def read_types(
+        self, event_types: Sequence[str], after_seq: int, up_to_seq: int | None = None
+    ) -> list[StoredEvent]:
+        """Non-usage events of the given types with ``seq > after_seq``, in ledger order."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE event_type = ANY(%s)"  # noqa: S608
+                " AND event_type <> 'UsageRecorded' AND seq > %s AND seq <= %s ORDER BY seq",
+                (list(event_types), after_seq, _upper(up_to_seq)),
+            )
+            return [stored_event(row) for row in await cur.fetchall()]
+
+    async def scan(
+        self, after_seq: int = 0, up_to_seq: int | None = None, batch: int = 5_000
+    ) -> AsyncIterator[StoredEvent]:
+        """Every event in ``(after_seq, up_to_seq]`` in order, in bounded batches."""
+        upper = _upper(up_to_seq)
+        while True:
+            page = await self.read_all(after_seq, batch)
+            for event in page:
+                if event.seq > upper:
+                    return
+                yield event
+            if len(page) < batch:
+                return
+            after_seq = page[-1].seq
+
+
+def _upper(up_to_seq: int | None) -> int:
+    return (1 << 62) if up_to_seq is None else up_to_seq
+
+
+def _check_expected(event: NewEvent, version: int) -> None:
+    if event.expected_version is not None and event.expected_version != version:
+        raise DomainError(
+            Rule.STREAM_VERSION_CONFLICT,
+            f"stream {event.stream_id} is at version {version}, expected {event.expected_version}",
+        )
+
+
+def _row(
+    event: NewEvent, seq: int, version: int, prev_hash: bytes, recorded_at: datetime
+) -> tuple[Any, ...]:
+    payload = event.payload_bytes()
+    metadata = canonical_json(dict(event.metadata))
+    fields: dict[str, Any] = {
+        "seq": seq,
+        "partition": DEFAULT_PARTITION,
+        "stream_id": event.stream_id,
+        "stream_version": version,
+        "event_type": event.event.EVENT_TYPE,
+        "schema_version": event.event.SCHEMA_VERSION,
+        "payload": payload,
+        "metadata": metadata,
+        "occurred_at": event.occurred_at,
+        "recorded_at": recorded_at,
+        "idempotency_key": event.idempotency_key,
+        "request_hash": event.request_hash,
+    }
+    digest = row_hash(prev_hash=prev_hash, **fields)
+    return (*fields.values(), prev_hash, digest)
+
+
+async def _lock_head(conn: AsyncConnection[TupleRow]) -> Head:
+    # Taken first in every append: it serializes appends per partition so that
+    # seq order is commit order (see the migration that creates this table).
+    cur = await conn.execute(
+        "SELECT last_seq, last_hash FROM ledger_heads WHERE partition = %s FOR UPDATE",
+        (DEFAULT_PARTITION,),
+    )
+    row = await cur.fetchone()
+    assert row is not None, "migrations create the head row"
+    return Head(row[0], bytes(row[1]))
+
+
+async def read_head(conn: AsyncConnection[TupleRow]) -> Head:
+    """The newest committed position, as seen by ``conn``'s snapshot."""
+    cur = await conn.execute(
+        "SELECT last_seq, last_hash FROM ledger_heads WHERE partition = %s", (DEFAULT_PARTITION,)
+    )
+    row = await cur.fetchone()
+    assert row is not None, "migrations create the head row"
+    return Head(row[0], bytes(row[1]))
+
+
+async def read_after(
+    conn: AsyncConnection[TupleRow], after_seq: int, limit: int
+) -> list[StoredEvent]:
+    """Up to ``limit`` events after ``after_seq`` in ledger order."""
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM events WHERE partition = %s AND seq > %s"  # noqa: S608
+        " ORDER BY seq LIMIT %s",
+        (DEFAULT_PARTITION, after_seq, limit),
+    )
+    return [stored_event(row) for row in await cur.fetchall()]
+
+
+async def read_streams(
+    conn: AsyncConnection[TupleRow], stream_ids: Iterable[str], up_to_seq: int | None
+) -> list[StoredEvent]:
+    """Every event of the given streams through ``up_to_seq``, in ledger order."""
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM events WHERE stream_id = ANY(%s) AND seq <= %s"  # noqa: S608
+        " ORDER BY seq",
+        (list(stream_ids), _upper(up_to_seq)),
+    )
+    return [stored_event(row) for row in await cur.fetchall()]
+
+
+async def read_stream_between(
+    conn: AsyncConnection[TupleRow],
+    stream_id: str,
+    occurred: tuple[datetime, datetime],
+    seqs: tuple[int, int],
+) -> list[StoredEvent]:
+    """A stream's events with business time in ``[lo, hi)`` and seq in ``(lo, hi]``."""
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM events WHERE stream_id = %s"  # noqa: S608
+        " AND occurred_at >= %s AND occurred_at < %s AND seq > %s AND seq <= %s ORDER BY seq",
+        (stream_id, *occurred, *seqs),
+    )
+    return [stored_event(row) for row in await cur.fetchall()]
+
+
+async def _existing_keys(
+    conn: AsyncConnection[TupleRow], keys: list[str]
+) -> dict[str | None, tuple[int, str | None]]:
+    if not keys:
+        return {}
+    cur = await conn.execute(
+        "SELECT idempotency_key, seq, request_hash FROM events WHERE idempotency_key = ANY(%s)",
+        (keys,),
+    )
+    return {key: (seq, request_hash) for key, seq, request_hash in await cur.fetchall()}
+
+
+async def _stream_versions(conn: AsyncConnection[TupleRow], stream_ids: set[str]) -> dict[str, int]:
+    cur = await conn.execute(
+        "SELECT stream_id, version FROM streams WHERE stream_id = ANY(%s)", (list(stream_ids),)
+    )
+    return {str(stream_id): int(version) for stream_id, version in await cur.fetchall()}
+
+
+async def _write(
+    conn: AsyncConnection[TupleRow],
+    rows: list[tuple[Any, ...]],
+    versions: dict[str, int],
+    head: Head,
+) -> None:
+    async with conn.cursor() as cur:
+        async with cur.copy(f"COPY events ({_COLUMNS}) FROM STDIN") as copy:
+            for row in rows:
+                await copy.write_row(row)
+        await cur.execute(
+            "INSERT INTO streams (stream_id, version)"
+            " SELECT * FROM unnest(%s::text[], %s::bigint[])"
+            " ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version",
+            (list(versions), list(versions.values())),
+        )
+        await cur.execute(
+            "UPDATE ledger_heads SET last_seq = %s, last_hash = %s WHERE partition = %s",
+            (head.seq, head.hash, DEFAULT_PARTITION),
+        )
+        await cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(head.seq)))

@@ -1,0 +1,77 @@
+"""The storage boundary: what is appended and what is read back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ledger.core.canonical import canonical_json
+from ledger.core.events import DomainEvent, from_payload, to_payload
+
+ANY_VERSION = None
+NEW_STREAM = 0
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to append. ``expected_version`` None appends at any version."""
+
+    stream_id: str
+    event: DomainEvent
+    occurred_at: datetime
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    expected_version: int | None = ANY_VERSION
+
+    def payload_bytes(self) -> bytes:
+        return canonical_json(to_payload(self.event))
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One row of the ledger, exactly as stored."""
+
+    seq: int
+    partition: int
+    stream_id: str
+    stream_version: int
+    event_type: str
+    schema_version: int
+    payload: bytes
+    metadata: bytes
+    occurred_at: datetime
+    recorded_at: datetime
+    idempotency_key: str | None
+    request_hash: str | None
+    prev_hash: bytes
+    hash: bytes
+
+    def domain_event(self) -> DomainEvent:
+        """The payload as a domain event, upcast to the current schema."""
+        return from_payload(self.event_type, self.schema_version, json.loads(self.payload))
+
+
+@dataclass(frozen=True)
+class Appended:
+    seq: int
+    stream_version: int
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """The idempotency key was seen with the same request: the original result."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class KeyReused:
+    """The idempotency key was seen with a different request: refused."""
+
+    seq: int
+
+
+AppendOutcome = Appended | Duplicate | KeyReused
