@@ -22,7 +22,9 @@ JsonValue = None | bool | int | str | list["JsonValue"] | dict[str, "JsonValue"]
 def format_instant(instant: datetime) -> str:
     """Render an aware instant as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
     assert instant.tzinfo is not None, "instants must be timezone-aware"
-    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = instant.astimezone(UTC)
+    # strftime's %Y does not pad years below 1000 on every platform.
+    return f"{utc.year:04d}-" + utc.strftime("%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_instant(text: str) -> datetime:

@@ -73,6 +73,16 @@ class ContractCreated(DomainEvent):
 
 
 @dataclass(frozen=True)
+class ContractRegistered(DomainEvent):
+    """Claims a contract id (stream ``contract-<id>``) and says whose contract it is."""
+
+    EVENT_TYPE: ClassVar[str] = "ContractRegistered"
+
+    contract_id: str
+    customer_id: str
+
+
+@dataclass(frozen=True)
 class InvoiceFinalized(DomainEvent):
     EVENT_TYPE: ClassVar[str] = "InvoiceFinalized"
 
@@ -89,6 +99,7 @@ EVENT_CLASSES: Final[dict[str, type[DomainEvent]]] = {
         RateCardPublished,
         CustomerCreated,
         ContractCreated,
+        ContractRegistered,
         InvoiceFinalized,
     )
 }

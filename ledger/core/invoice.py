@@ -66,11 +66,6 @@ class Invoice:
     unbilled: tuple[UnbilledUsage, ...] = field(default=())
 
 
-def invoice_id_for(contract_id: str, period_start: datetime) -> str:
-    """The stable id of a contract's invoice for the period starting then."""
-    return f"in-{contract_id}-{period_start:%Y%m%d}"
-
-
 def canonical_invoice(invoice: Invoice) -> bytes:
     """The invoice's canonical JSON bytes."""
     return canonical_json(encode(invoice))

@@ -41,7 +41,11 @@ def add_months(anchor: datetime, months: int) -> datetime:
 
 
 def period_at(anchor: datetime, index: int) -> Period:
-    """The ``index``-th monthly period after the anchor (may be negative)."""
+    """The ``index``-th monthly period after the anchor (may be negative).
+
+    Periods are in UTC: the anchor's day is clamped in UTC, whatever its offset.
+    """
+    anchor = anchor.astimezone(UTC)
     return Period(add_months(anchor, index), add_months(anchor, index + 1))
 
 

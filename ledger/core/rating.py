@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from ledger.core.catalog import BillableMetric, Contract, Product, Rate, RateCardVersion, RateModel
-from ledger.core.invoice import Invoice, InvoiceLine, UnbilledUsage, invoice_id_for
+from ledger.core.invoice import Invoice, InvoiceLine, UnbilledUsage
 from ledger.core.metering import GroupKey, Tally, UsageKey
 from ledger.core.money import EXACT, round_amount, zero
 from ledger.core.periods import Period
@@ -59,11 +59,24 @@ def pricing_segments(
     segments: list[Segment] = []
     for start, end in zip(cuts, [*cuts[1:], period.end], strict=True):
         version = version_in_force(versions, start)
-        if segments and segments[-1].rate_card == version:
+        if segments and _same_prices(segments[-1].rate_card, version):
+            # A republished identical card changes nothing: the line is not split,
+            # so it is rounded (and held to its minimum) once, as if unsplit.
             segments[-1] = Segment(Period(segments[-1].period.start, end), version)
         else:
             segments.append(Segment(Period(start, end), version))
     return tuple(segments)
+
+
+def _same_prices(a: RateCardVersion | None, b: RateCardVersion | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (a.currency, a.currency_decimals, a.rates) == (b.currency, b.currency_decimals, b.rates)
+
+
+def canonical_quantity(value: Decimal) -> Decimal:
+    """The value without trailing zeros (``8.0`` → ``8``)."""
+    return value.normalize(EXACT) if value else Decimal(0)
 
 
 def price_line(rate: Rate, quantity: Decimal, decimals: int) -> tuple[Decimal, str]:
@@ -83,6 +96,7 @@ def price_line(rate: Rate, quantity: Decimal, decimals: int) -> tuple[Decimal, s
 
 def rate_invoice(
     *,
+    invoice_id: str,
     contract: Contract,
     contract_version: int,
     period: Period,
@@ -103,10 +117,11 @@ def rate_invoice(
             continue
         pricing = _SegmentPricing(segment, segment.rate_card, catalog, decimals)
         lines.extend(pricing.lines(seg_usage, unbilled))
+        _count_unbilled(pricing.metric_ids(), seg_usage, unbilled)
     subtotal = sum((line.amount for line in lines), zero(decimals))
     versions = sorted({s.rate_card.version for s in segments if s.rate_card is not None})
     return Invoice(
-        invoice_id=invoice_id_for(contract.contract_id, period.start),
+        invoice_id=invoice_id,
         customer_id=contract.customer_id,
         contract_id=contract.contract_id,
         currency=currency,
@@ -135,6 +150,10 @@ class _SegmentPricing:
     catalog: Catalog
     decimals: int
 
+    def metric_ids(self) -> set[str]:
+        """The metrics measuring the products on this segment's card."""
+        return {self.catalog.products[p].metric_id for p in self.card.product_ids}
+
     def lines(
         self, seg_usage: Mapping[tuple[str, GroupKey], Tally], unbilled: Counter[tuple[str, str]]
     ) -> list[InvoiceLine]:
@@ -147,7 +166,6 @@ class _SegmentPricing:
             groups: Sequence[GroupKey | None] = observed or [None]
             for group in groups:
                 tally = Tally() if group is None else seg_usage[(metric.metric_id, group)]
-                _count_unbilled(metric.metric_id, tally, unbilled)
                 values = {} if group is None else dict(zip(metric.group_by, group, strict=True))
                 line = self._line(product, metric, values, tally)
                 if line is None:
@@ -164,7 +182,9 @@ class _SegmentPricing:
         rate = self.card.rate_for(product.product_id, values)
         if rate is None:
             return None
-        quantity = tally.quantity(metric.aggregation)
+        # One representation per value ("8", not "8.0"), so a draft summed in the
+        # database and a replay summed here render identically.
+        quantity = canonical_quantity(tally.quantity(metric.aggregation))
         amount, explanation = price_line(rate, quantity, self.decimals)
         return InvoiceLine(
             product_id=product.product_id,
@@ -183,9 +203,16 @@ class _SegmentPricing:
         )
 
 
-def _count_unbilled(metric_id: str, tally: Tally, unbilled: Counter[tuple[str, str]]) -> None:
-    for reason, count in tally.unbilled.items():
-        unbilled[(metric_id, reason)] += count
+def _count_unbilled(
+    metric_ids: set[str],
+    seg_usage: Mapping[tuple[str, GroupKey], Tally],
+    unbilled: Counter[tuple[str, str]],
+) -> None:
+    """Unusable events of the metrics this segment bills, counted once per metric."""
+    for (metric_id, _group), tally in seg_usage.items():
+        if metric_id in metric_ids:
+            for reason, count in tally.unbilled.items():
+                unbilled[(metric_id, reason)] += count
 
 
 def _count_unbilled_without_version(

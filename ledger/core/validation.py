@@ -1,0 +1,131 @@
+"""Validation of commands: every rule a request must meet before it becomes an event.
+
+Functions collect every violation of a request and raise them together, named
+by field path, so a caller fixes a request in one round trip.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+from ledger.core.catalog import Aggregation, FilterOp, RateModel
+from ledger.core.errors import Violations
+from ledger.core.money import is_decimal_text
+
+ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+=-]{0,127}")
+NAME_PATTERN: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,127}")
+PROPERTIES_MAX: Final = 64
+PROPERTY_VALUE_CHARS_MAX: Final = 1_024
+TEXT_CHARS_MAX: Final = 512
+
+
+@dataclass(frozen=True)
+class UsagePolicy:
+    """How old and how far ahead usage may be (PRICING.md: late and future usage)."""
+
+    late_window: timedelta = timedelta(days=34)
+    future_tolerance: timedelta = timedelta(minutes=5)
+
+
+def check_id(violations: Violations, field: str, value: str) -> None:
+    """Ids are 1-128 chars of letters, digits and ``_ . : @ + = -``."""
+    if not value:
+        violations.add(field, "is required")
+    elif not ID_PATTERN.fullmatch(value):
+        violations.add(field, "must be 1-128 letters, digits or _.:@+=- starting alphanumeric")
+
+
+def check_name(violations: Violations, field: str, value: str) -> None:
+    """Event types and property names: identifiers such as ``tokens`` or ``api.call``."""
+    if not value:
+        violations.add(field, "is required")
+    elif not NAME_PATTERN.fullmatch(value):
+        violations.add(field, "must be an identifier (letters, digits, _ . : -), max 128")
+
+
+def check_text(violations: Violations, field: str, value: str, *, required: bool = True) -> None:
+    if required and not value.strip():
+        violations.add(field, "is required")
+    elif len(value) > TEXT_CHARS_MAX or any(ord(c) < 32 for c in value):
+        violations.add(field, f"must be at most {TEXT_CHARS_MAX} printable characters")
+
+
+def usage_rejection(
+    *,
+    customer_id: str,
+    transaction_id: str,
+    event_type: str,
+    occurred_at: datetime | None,
+    properties: Mapping[str, str],
+    now: datetime,
+    policy: UsagePolicy,
+) -> str | None:
+    """Why a usage event cannot be accepted, or None when it can."""
+    violations = Violations()
+    check_id(violations, "transaction_id", transaction_id)
+    check_id(violations, "customer_id", customer_id)
+    check_name(violations, "event_type", event_type)
+    if len(properties) > PROPERTIES_MAX:
+        violations.add("properties", f"at most {PROPERTIES_MAX} properties")
+    for key, value in properties.items():
+        check_name(violations, f"properties[{key[:40]!r}]", key)
+        if len(value) > PROPERTY_VALUE_CHARS_MAX or any(ord(c) < 32 for c in value):
+            violations.add(f"properties[{key[:40]!r}]", "value too long or has control characters")
+    if occurred_at is None:
+        violations.add("timestamp", "is required")
+    elif occurred_at > now + policy.future_tolerance:
+        violations.add("timestamp", f"is more than {policy.future_tolerance} in the future")
+    elif occurred_at < now - policy.late_window:
+        violations.add("timestamp", f"is older than the {policy.late_window.days}-day late window")
+    if not violations.items:
+        return None
+    return "; ".join(f"{v.field} {v.description}" for v in violations.items)
+
+
+def check_metric(
+    violations: Violations,
+    *,
+    event_type: str,
+    aggregation: str,
+    property_name: str,
+    filters: list[tuple[str, str, list[str]]],
+    group_by: list[str],
+) -> None:
+    """A billable metric's definition (the id and name are checked by the caller)."""
+    check_name(violations, "metric.event_type", event_type)
+    if aggregation not in Aggregation.__members__:
+        violations.add("metric.aggregation", f"must be one of {', '.join(Aggregation.__members__)}")
+    elif Aggregation[aggregation].needs_property:
+        check_name(violations, "metric.property", property_name)
+    elif property_name:
+        violations.add("metric.property", "COUNT takes no property")
+    for i, (prop, op, values) in enumerate(filters):
+        check_name(violations, f"metric.filters[{i}].property", prop)
+        if op not in {o.value for o in FilterOp}:
+            violations.add(f"metric.filters[{i}].op", "must be 'in' or 'exists'")
+        elif op == FilterOp.IN.value and not values:
+            violations.add(f"metric.filters[{i}].values", "'in' needs at least one value")
+    for i, name in enumerate(group_by):
+        check_name(violations, f"metric.group_by[{i}]", name)
+    if len(set(group_by)) != len(group_by):
+        violations.add("metric.group_by", "must not repeat a property")
+
+
+def check_price(violations: Violations, field: str, text: str, *, required: bool) -> None:
+    """A non-negative decimal string (or empty when optional)."""
+    if not text:
+        if required:
+            violations.add(field, "is required")
+    elif not is_decimal_text(text):
+        violations.add(field, f"{text[:40]!r} is not a plain decimal number")
+    elif text.startswith("-"):
+        violations.add(field, "must not be negative")
+
+
+def check_rate_model(violations: Violations, field: str, model: str) -> None:
+    if model not in {m.value for m in RateModel}:
+        violations.add(field, f"must be one of {', '.join(m.value for m in RateModel)}")

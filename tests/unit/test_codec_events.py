@@ -1,0 +1,241 @@
+"""Every event survives its stored form: to_payload → canonical JSON → from_payload."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from ledger.core.canonical import canonical_json
+from ledger.core.catalog import (
+    Aggregation,
+    BillableMetric,
+    Contract,
+    FilterOp,
+    Product,
+    PropertyFilter,
+    Rate,
+    RateCardVersion,
+    RateModel,
+)
+from ledger.core.codec import decode, encode
+from ledger.core.events import (
+    EVENT_CLASSES,
+    BillableMetricCreated,
+    ContractCreated,
+    ContractRegistered,
+    CustomerCreated,
+    DomainEvent,
+    InvoiceFinalized,
+    ProductCreated,
+    RateCardPublished,
+    UsageRecorded,
+    from_payload,
+    to_payload,
+)
+from ledger.core.invoice import Invoice, InvoiceLine, UnbilledUsage, content_sha256
+
+START = datetime(2025, 1, 31, 9, 30, tzinfo=UTC)
+END = datetime(2025, 2, 28, 9, 30, tzinfo=UTC)
+
+METRIC = BillableMetric(
+    metric_id="tokens",
+    name="Tokens",
+    event_type="completion",
+    aggregation=Aggregation.SUM,
+    property="tokens",
+    filters=(
+        PropertyFilter("region", FilterOp.IN, ("eu-west", "eu-central")),
+        PropertyFilter("model", FilterOp.EXISTS),
+    ),
+    group_by=("model", "region"),
+)
+RATE_CARD = RateCardVersion(
+    rate_card_id="rc-list",
+    version=4,
+    name="List prices",
+    currency="USD",
+    currency_decimals=2,
+    effective_from=datetime(2025, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+    rates=(
+        Rate("llm", RateModel.PER_UNIT, Decimal("0.0000015")),
+        Rate(
+            "llm",
+            RateModel.PER_UNIT,
+            Decimal("2.5E-6"),
+            group_values={"model": "large", "region": "eu-west"},
+            minimum=Decimal("10.00"),
+            maximum=Decimal("1E+4"),
+        ),
+    ),
+)
+LINE = InvoiceLine(
+    product_id="llm",
+    product_name="LLM tokens",
+    metric_id="tokens",
+    group_values={"model": "large", "region": "eu-west"},
+    rate_card_id="rc-list",
+    rate_card_version=4,
+    segment_start=START,
+    segment_end=END,
+    model=RateModel.PER_UNIT,
+    quantity=Decimal("123456789"),
+    unit_price=Decimal("0.0000015"),
+    amount=Decimal("185.19"),
+    explanation="123456789 × 0.0000015 = 185.1851835 → 185.19",
+)
+INVOICE = Invoice(
+    invoice_id="in-ct-1-1",
+    customer_id="cus-1",
+    contract_id="ct-1",
+    currency="USD",
+    period_start=START,
+    period_end=END,
+    lines=(LINE, dataclasses.replace(LINE, group_values={}, amount=Decimal("0.00"))),
+    subtotal=Decimal("185.19"),
+    credits_applied=Decimal("0.00"),
+    total=Decimal("185.19"),
+    computed_through_seq=1234,
+    rate_card_id="rc-list",
+    rate_card_versions=(3, 4),
+    contract_version=2,
+    unbilled=(UnbilledUsage("tokens", "missing property 'tokens'", 3),),
+)
+
+SAMPLES: dict[str, DomainEvent] = {
+    event.EVENT_TYPE: event
+    for event in [
+        UsageRecorded(
+            customer_id="cus-1",
+            transaction_id="tx-0001",
+            event_type="completion",
+            occurred_at=datetime(2025, 2, 3, 4, 5, 6, 789, tzinfo=UTC),
+            properties={"tokens": "1500", "model": "large", "note": "Zürich → 東京"},
+        ),
+        BillableMetricCreated(metric=METRIC),
+        ProductCreated(product=Product("llm", "LLM tokens", "tokens")),
+        RateCardPublished(rate_card=RATE_CARD),
+        CustomerCreated(customer_id="cus-1", name="Acme, Inc."),
+        ContractCreated(
+            contract=Contract(
+                contract_id="ct-1",
+                customer_id="cus-1",
+                rate_card_id="rc-list",
+                pinned_version=None,
+                starts_at=START,
+                ends_at=None,
+                billing_anchor=START,
+            )
+        ),
+        ContractRegistered(contract_id="ct-1", customer_id="cus-1"),
+        InvoiceFinalized(invoice=INVOICE, content_sha256=content_sha256(INVOICE)),
+    ]
+}
+
+
+def round_trip(event: DomainEvent) -> tuple[DomainEvent, bytes]:
+    stored = canonical_json(to_payload(event))
+    return from_payload(event.EVENT_TYPE, event.SCHEMA_VERSION, json.loads(stored)), stored
+
+
+def no_floats(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(no_floats(item) for item in value.values())
+    if isinstance(value, list):
+        return all(no_floats(item) for item in value)
+    return not isinstance(value, float)
+
+
+@pytest.mark.parametrize("event_type", sorted(EVENT_CLASSES))
+def test_every_event_class_has_a_sample(event_type: str) -> None:
+    assert event_type in SAMPLES, f"add a sample {event_type} to this test"
+    assert type(SAMPLES[event_type]) is EVENT_CLASSES[event_type]
+
+
+@pytest.mark.parametrize("event_type", sorted(SAMPLES))
+def test_event_round_trips_to_an_equal_object(event_type: str) -> None:
+    event = SAMPLES[event_type]
+    restored, _ = round_trip(event)
+    assert type(restored) is type(event)
+    assert restored == event
+
+
+@pytest.mark.parametrize("event_type", sorted(SAMPLES))
+def test_event_stored_form_is_byte_stable_across_a_round_trip(event_type: str) -> None:
+    restored, stored = round_trip(SAMPLES[event_type])
+    assert canonical_json(to_payload(restored)) == stored
+    assert no_floats(json.loads(stored))
+
+
+def test_decimals_keep_their_exact_text_through_a_round_trip() -> None:
+    restored, stored = round_trip(SAMPLES["RateCardPublished"])
+    assert b'"unit_price":"0.0000025"' in stored
+    assert b'"maximum":"10000"' in stored
+    rate = restored.rate_card.rates[1]  # type: ignore[attr-defined]
+    assert isinstance(rate.unit_price, Decimal)
+    assert rate.unit_price == Decimal("0.0000025")
+    assert str(rate.minimum) == "10.00"
+
+
+def test_datetimes_come_back_as_aware_utc_instants() -> None:
+    restored, stored = round_trip(SAMPLES["UsageRecorded"])
+    assert b'"occurred_at":"2025-02-03T04:05:06.000789Z"' in stored
+    assert restored.occurred_at.tzinfo is UTC  # type: ignore[attr-defined]
+
+
+def test_an_instant_in_another_offset_round_trips_to_the_same_instant() -> None:
+    event = UsageRecorded(
+        customer_id="cus-1",
+        transaction_id="tx-2",
+        event_type="api_call",
+        occurred_at=datetime(2025, 3, 1, 1, 30, tzinfo=timezone(timedelta(hours=5))),
+        properties={},
+    )
+    restored, stored = round_trip(event)
+    assert restored == event
+    assert b"2025-02-28T20:30:00.000000Z" in stored
+
+
+def test_optional_values_round_trip_both_when_present_and_absent() -> None:
+    pinned = Contract(
+        contract_id="ct-2",
+        customer_id="cus-1",
+        rate_card_id="rc-list",
+        pinned_version=3,
+        starts_at=START,
+        ends_at=END,
+        billing_anchor=START,
+    )
+    event = ContractCreated(contract=pinned)
+    restored, _ = round_trip(event)
+    assert restored == event
+    absent, _ = round_trip(SAMPLES["ContractCreated"])
+    assert absent.contract.pinned_version is None  # type: ignore[attr-defined]
+    assert absent.contract.ends_at is None  # type: ignore[attr-defined]
+
+
+def test_invoice_inside_invoice_finalized_keeps_its_lines_and_hash() -> None:
+    restored, _ = round_trip(SAMPLES["InvoiceFinalized"])
+    invoice = restored.invoice  # type: ignore[attr-defined]
+    assert invoice == INVOICE
+    assert invoice.lines[0].model is RateModel.PER_UNIT
+    assert invoice.rate_card_versions == (3, 4)
+    assert content_sha256(invoice) == restored.content_sha256  # type: ignore[attr-defined]
+
+
+def test_enums_in_nested_values_are_decoded_to_members() -> None:
+    restored, stored = round_trip(SAMPLES["BillableMetricCreated"])
+    metric = restored.metric  # type: ignore[attr-defined]
+    assert b'"aggregation":"SUM"' in stored and b'"op":"exists"' in stored
+    assert metric.aggregation is Aggregation.SUM
+    assert [f.op for f in metric.filters] == [FilterOp.IN, FilterOp.EXISTS]
+    assert metric.filters[0].values == ("eu-west", "eu-central")
+
+
+def test_codec_decodes_any_encoded_dataclass() -> None:
+    assert decode(RateCardVersion, json.loads(canonical_json(encode(RATE_CARD)))) == RATE_CARD
+    assert decode(Invoice, json.loads(canonical_json(encode(INVOICE)))) == INVOICE
