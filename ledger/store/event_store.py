@@ -109,6 +109,20 @@ class PostgresEventStore:
         async with self._pool.connection() as conn:
             return await read_after(conn, after_seq, limit)
 
+    async def find_key(self, idempotency_key: str) -> tuple[int, str | None] | None:
+        """``(seq, request_hash)`` of the event written under a key, if any."""
+        async with self._pool.connection() as conn:
+            found = await _existing_keys(conn, [idempotency_key])
+        return found.get(idempotency_key)
+
+    async def read_at(self, seq: int) -> StoredEvent:
+        """The event at ``seq`` (which must exist)."""
+        async with self._pool.connection() as conn:
+            events = await read_after(conn, seq - 1, 1)
+        assert events, f"seq {seq} is in the ledger"
+        assert events[0].seq == seq
+        return events[0]
+
     async def read_streams(
         self, stream_ids: Iterable[str], up_to_seq: int | None = None
     ) -> list[StoredEvent]:

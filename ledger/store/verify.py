@@ -77,7 +77,9 @@ async def verify_ledger(store: PostgresEventStore, up_to_seq: int | None = None)
     async for event in store.scan(0, up_to_seq):
         reason = check_row(event, expected_seq, prev_hash, stream_versions)
         if reason is not None:
-            return VerifyReport(checked, expected_seq - 1, prev_hash, Breach(event.seq, reason))
+            # A gap is reported where the missing event belongs, not at its successor.
+            where = min(event.seq, expected_seq)
+            return VerifyReport(checked, expected_seq - 1, prev_hash, Breach(where, reason))
         stream_versions[event.stream_id] = event.stream_version
         prev_hash, expected_seq, checked = bytes(event.hash), expected_seq + 1, checked + 1
     head = await store.head()
