@@ -1,0 +1,171 @@
+"""Load what an invoice needs from the ledger, as of a ledger position.
+
+Both paths to an invoice use these loaders: the draft path (rollups plus a raw
+tail, in ``projections``) and replay (every raw event, here). Everything is
+read through ``through_seq`` in one snapshot, so a replay at a finalized
+invoice's position sees exactly what finalization saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+
+from ledger.app.streams import (
+    contract_stream,
+    customer_stream,
+    metric_stream,
+    product_stream,
+    rate_card_stream,
+    usage_stream,
+)
+from ledger.core.billing import (
+    CustomerState,
+    contract_period,
+    evolve,
+    invoice_id,
+    parse_invoice_id,
+)
+from ledger.core.catalog import Contract, RateCardVersion
+from ledger.core.errors import DomainError, Rule
+from ledger.core.events import (
+    BillableMetricCreated,
+    ContractRegistered,
+    ProductCreated,
+    RateCardPublished,
+    UsageRecorded,
+)
+from ledger.core.invoice import Invoice
+from ledger.core.metering import Tally, UsageKey, fold_usage
+from ledger.core.periods import Period
+from ledger.core.rating import Catalog, Segment, pricing_segments, rate_invoice
+from ledger.store.event_store import read_stream_between, read_streams
+
+Conn = AsyncConnection[TupleRow]
+
+
+@dataclass(frozen=True)
+class InvoicePlan:
+    """Everything but usage: which contract, period, segments, catalog and currency."""
+
+    invoice_id: str
+    customer: CustomerState
+    contract: Contract
+    period: Period
+    segments: tuple[Segment, ...]
+    catalog: Catalog
+    currency: tuple[str, int]
+    through_seq: int
+
+    def price(self, usage: Mapping[UsageKey, Tally]) -> Invoice:
+        """Rate the usage tallies under this plan."""
+        return rate_invoice(
+            invoice_id=self.invoice_id,
+            contract=self.contract,
+            contract_version=self.customer.contract_versions[self.contract.contract_id],
+            period=self.period,
+            segments=self.segments,
+            usage=usage,
+            catalog=self.catalog,
+            rate_card_currency=self.currency,
+            computed_through_seq=self.through_seq,
+        )
+
+    @property
+    def segment_starts(self) -> list[datetime]:
+        return [segment.period.start for segment in self.segments]
+
+
+async def load_customer(conn: Conn, customer_id: str, through_seq: int) -> CustomerState:
+    """Fold the customer stream through ``through_seq``."""
+    state = CustomerState(customer_id)
+    for stored in await read_streams(conn, [customer_stream(customer_id)], through_seq):
+        state = evolve(state, stored.domain_event(), stored.stream_version)
+    if not state.exists:
+        raise DomainError(Rule.CUSTOMER_NOT_FOUND, f"no customer {customer_id!r}")
+    return state
+
+
+async def customer_of_invoice(conn: Conn, ref: str, through_seq: int) -> tuple[str, str, int]:
+    """``(customer_id, contract_id, period number)`` of the invoice id ``ref``."""
+    parsed = parse_invoice_id(ref)
+    if parsed is None:
+        raise DomainError(Rule.INVOICE_NOT_FOUND, f"{ref!r} is not an invoice id")
+    contract_id, number = parsed
+    events = await read_streams(conn, [contract_stream(contract_id)], through_seq)
+    if not events:
+        raise DomainError(Rule.INVOICE_NOT_FOUND, f"no invoice {ref!r}")
+    registered = events[0].domain_event()
+    assert isinstance(registered, ContractRegistered)
+    return registered.customer_id, contract_id, number
+
+
+async def load_rate_card_versions(
+    conn: Conn, rate_card_id: str, through_seq: int
+) -> list[RateCardVersion]:
+    versions = []
+    for stored in await read_streams(conn, [rate_card_stream(rate_card_id)], through_seq):
+        event = stored.domain_event()
+        assert isinstance(event, RateCardPublished)
+        versions.append(event.rate_card)
+    return versions
+
+
+async def load_catalog(conn: Conn, versions: list[RateCardVersion], through_seq: int) -> Catalog:
+    """The products on any of the versions, and their metrics."""
+    product_ids = {pid for version in versions for pid in version.product_ids}
+    products = {}
+    for stored in await read_streams(conn, [product_stream(p) for p in product_ids], through_seq):
+        event = stored.domain_event()
+        assert isinstance(event, ProductCreated)
+        products[event.product.product_id] = event.product
+    metric_ids = {product.metric_id for product in products.values()}
+    metrics = {}
+    for stored in await read_streams(conn, [metric_stream(m) for m in metric_ids], through_seq):
+        event = stored.domain_event()
+        assert isinstance(event, BillableMetricCreated)
+        metrics[event.metric.metric_id] = event.metric
+    return Catalog(metrics=metrics, products=products)
+
+
+async def plan_invoice(
+    conn: Conn, customer: CustomerState, contract_id: str, number: int, through_seq: int
+) -> InvoicePlan:
+    """Resolve an invoice's contract period, pricing segments and catalog."""
+    contract = customer.contracts.get(contract_id)
+    period = contract_period(contract, number) if contract is not None else None
+    if contract is None or period is None:
+        raise DomainError(Rule.INVOICE_NOT_FOUND, f"no invoice {invoice_id(contract_id, number)!r}")
+    versions = await load_rate_card_versions(conn, contract.rate_card_id, through_seq)
+    assert versions, "a contract's rate card exists when the contract is created"
+    return InvoicePlan(
+        invoice_id=invoice_id(contract_id, number),
+        customer=customer,
+        contract=contract,
+        period=period,
+        segments=pricing_segments(contract, period, versions),
+        catalog=await load_catalog(conn, versions, through_seq),
+        currency=(versions[-1].currency, versions[-1].currency_decimals),
+        through_seq=through_seq,
+    )
+
+
+async def replay_invoice(conn: Conn, ref: str, through_seq: int) -> Invoice:
+    """Recompute the invoice ``ref`` from raw events only, as of ``through_seq``."""
+    customer_id, contract_id, number = await customer_of_invoice(conn, ref, through_seq)
+    customer = await load_customer(conn, customer_id, through_seq)
+    plan = await plan_invoice(conn, customer, contract_id, number, through_seq)
+    stored = await read_stream_between(
+        conn, usage_stream(customer_id), (plan.period.start, plan.period.end), (0, through_seq)
+    )
+    usage = []
+    for row in stored:
+        event = row.domain_event()
+        assert isinstance(event, UsageRecorded)
+        usage.append(event)
+    tallies = fold_usage(usage, plan.catalog.metrics.values(), plan.segment_starts, plan.period.end)
+    return plan.price(tallies)

@@ -1,0 +1,30 @@
+"""Stream naming: one place that says which events live in which stream."""
+
+from __future__ import annotations
+
+
+def metric_stream(metric_id: str) -> str:
+    return f"metric-{metric_id}"
+
+
+def product_stream(product_id: str) -> str:
+    return f"product-{product_id}"
+
+
+def rate_card_stream(rate_card_id: str) -> str:
+    """Stream version n is rate card version n."""
+    return f"ratecard-{rate_card_id}"
+
+
+def customer_stream(customer_id: str) -> str:
+    """The customer, its contracts and its finalized invoices."""
+    return f"customer-{customer_id}"
+
+
+def contract_stream(contract_id: str) -> str:
+    """Claims a contract id and names its customer."""
+    return f"contract-{contract_id}"
+
+
+def usage_stream(customer_id: str) -> str:
+    return f"usage-{customer_id}"

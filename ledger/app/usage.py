@@ -1,0 +1,147 @@
+"""RecordUsage: validate each event, write the good ones, answer each in order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Final
+
+from ledger.app.catalog import MetricRegistry
+from ledger.app.context import RequestContext, request_hash
+from ledger.app.streams import customer_stream, usage_stream
+from ledger.core.catalog import BillableMetric
+from ledger.core.errors import DomainError, FieldViolation, Rule
+from ledger.core.events import UsageRecorded, to_payload
+from ledger.core.metering import matches
+from ledger.core.money import is_decimal_text
+from ledger.core.validation import UsagePolicy, usage_rejection
+from ledger.store.event_store import PostgresEventStore
+from ledger.store.records import Appended, AppendOutcome, Duplicate, KeyReused, NewEvent
+
+BATCH_EVENTS_MAX: Final = 1_000
+
+
+class UsageStatus(Enum):
+    ACCEPTED = "ACCEPTED"
+    DUPLICATE = "DUPLICATE"
+    REJECTED = "REJECTED"
+
+
+@dataclass(frozen=True)
+class UsageInput:
+    transaction_id: str
+    customer_id: str
+    event_type: str
+    occurred_at: datetime | None
+    properties: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class UsageResult:
+    transaction_id: str
+    status: UsageStatus
+    reason: str = ""
+    seq: int = 0
+
+
+def _result(item: UsageInput, outcome: AppendOutcome) -> UsageResult:
+    if isinstance(outcome, Appended):
+        return UsageResult(item.transaction_id, UsageStatus.ACCEPTED, seq=outcome.seq)
+    if isinstance(outcome, Duplicate):
+        return UsageResult(item.transaction_id, UsageStatus.DUPLICATE, seq=outcome.seq)
+    assert isinstance(outcome, KeyReused)
+    reason = "transaction_id was already used for a different event"
+    return UsageResult(item.transaction_id, UsageStatus.REJECTED, reason, outcome.seq)
+
+
+class RecordUsage:
+    """Idempotent per (customer_id, transaction_id); a bad event never blocks the rest."""
+
+    def __init__(
+        self,
+        store: PostgresEventStore,
+        metrics: MetricRegistry,
+        clock: Callable[[], datetime],
+        policy: UsagePolicy,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._clock = clock
+        self._policy = policy
+
+    async def __call__(self, items: Sequence[UsageInput], ctx: RequestContext) -> list[UsageResult]:
+        if len(items) > BATCH_EVENTS_MAX:
+            raise DomainError(
+                Rule.BATCH_TOO_LARGE,
+                f"{len(items)} events in one call; the limit is {BATCH_EVENTS_MAX}",
+                (FieldViolation("events", f"at most {BATCH_EVENTS_MAX} events per call"),),
+            )
+        rejections = await self._rejections(items)
+        accepted = [i for i, r in zip(items, rejections, strict=True) if r is None]
+        outcomes = iter(await self._store.append([self._new_event(i, ctx) for i in accepted]))
+        return [
+            UsageResult(item.transaction_id, UsageStatus.REJECTED, rejection)
+            if rejection is not None
+            else _result(item, next(outcomes))
+            for item, rejection in zip(items, rejections, strict=True)
+        ]
+
+    async def _rejections(self, items: Sequence[UsageInput]) -> list[str | None]:
+        now = self._clock()
+        customers = {customer_stream(i.customer_id) for i in items if i.customer_id}
+        known_customers = await self._store.stream_versions(customers)
+        metrics = await self._metrics.current()
+        rejections: list[str | None] = []
+        for item in items:
+            reason = usage_rejection(
+                customer_id=item.customer_id,
+                transaction_id=item.transaction_id,
+                event_type=item.event_type,
+                occurred_at=item.occurred_at,
+                properties=item.properties,
+                now=now,
+                policy=self._policy,
+            )
+            if reason is None and customer_stream(item.customer_id) not in known_customers:
+                reason = f"customer_id {item.customer_id!r} is not a known customer"
+            if reason is None:
+                reason = _non_decimal_quantity(item, metrics.values())
+            rejections.append(reason)
+        return rejections
+
+    def _new_event(self, item: UsageInput, ctx: RequestContext) -> NewEvent:
+        assert item.occurred_at is not None, "validated before writing"
+        event = UsageRecorded(
+            customer_id=item.customer_id,
+            transaction_id=item.transaction_id,
+            event_type=item.event_type,
+            occurred_at=item.occurred_at,
+            properties=dict(item.properties),
+        )
+        return NewEvent(
+            stream_id=usage_stream(item.customer_id),
+            event=event,
+            occurred_at=item.occurred_at,
+            metadata=ctx.metadata(),
+            idempotency_key=f"usage:{item.customer_id}:{item.transaction_id}",
+            request_hash=request_hash(to_payload(event)),
+        )
+
+
+def _non_decimal_quantity(item: UsageInput, metrics: Iterable[BillableMetric]) -> str | None:
+    """A metric-matched event whose aggregated property is present but not a number.
+
+    Refused at the door so the caller can fix it; a *missing* property is accepted
+    and shown as unbilled usage on the invoice (PRICING.md).
+    """
+    assert item.occurred_at is not None
+    probe = UsageRecorded(
+        item.customer_id, item.transaction_id, item.event_type, item.occurred_at, item.properties
+    )
+    for metric in metrics:
+        name = metric.property
+        if name and not is_decimal_text(item.properties.get(name, "0")) and matches(metric, probe):
+            return f"property {name!r} must be a decimal number (metric {metric.metric_id})"
+    return None

@@ -1,0 +1,1 @@
+"""Read models derived from the ledger, the runner that keeps them current, and queries."""

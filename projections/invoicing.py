@@ -1,0 +1,263 @@
+"""Invoices: live drafts from rollups plus the raw tail, and finalization.
+
+A draft is computed through the ledger head at the time of the call: hourly
+rollups up to the rollup projection's checkpoint, raw events for the partial
+hours at segment edges, and raw events beyond the checkpoint. All of it is read
+in one REPEATABLE READ snapshot, so a draft reflects every event recorded
+before the call, and its cost does not grow with the number of events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import Enum
+
+from psycopg import AsyncConnection, IsolationLevel
+from psycopg.rows import TupleRow
+
+from ledger.app.billing import (
+    InvoicePlan,
+    customer_of_invoice,
+    load_customer,
+    plan_invoice,
+    replay_invoice,
+)
+from ledger.app.commands import Command, Write, run_command
+from ledger.app.context import RequestContext
+from ledger.app.streams import customer_stream, usage_stream
+from ledger.core.billing import CustomerState, contract_at, period_number_at
+from ledger.core.errors import DomainError, Rule
+from ledger.core.events import InvoiceFinalized, UsageRecorded
+from ledger.core.invoice import Invoice, content_sha256
+from ledger.core.metering import Tally, UsageKey, fold_usage, merge_tallies
+from ledger.store.event_store import Pool, PostgresEventStore, read_head, read_stream_between
+from ledger.store.records import StoredEvent
+from projections.engine import checkpoint_of
+from projections.usage_rollups import BUCKET, UsageRollups, bucket_start, decode_group
+
+Conn = AsyncConnection[TupleRow]
+Span = tuple[datetime, datetime]
+
+
+class InvoiceStatus(Enum):
+    DRAFT = "DRAFT"
+    FINALIZED = "FINALIZED"
+
+
+@dataclass(frozen=True)
+class InvoiceView:
+    invoice: Invoice
+    status: InvoiceStatus
+    content_sha256: str
+
+
+@dataclass(frozen=True)
+class ReplayCheck:
+    """A finalized invoice recomputed from raw events, compared with what was recorded."""
+
+    recorded_sha256: str
+    replayed_sha256: str
+    replayed: Invoice
+
+    @property
+    def matches(self) -> bool:
+        return self.recorded_sha256 == self.replayed_sha256
+
+
+class Invoicing:
+    """Read drafts and finalized invoices; finalize periods that have ended."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        store: PostgresEventStore,
+        rollups: UsageRollups,
+        clock: Callable[[], datetime],
+        finalize_grace: timedelta,
+    ) -> None:
+        self._pool = pool
+        self._store = store
+        self._rollups = rollups
+        self._clock = clock
+        self._grace = finalize_grace
+
+    async def get(
+        self, *, invoice_id: str = "", customer_id: str = "", at: datetime | None = None
+    ) -> InvoiceView:
+        """An invoice by id, or the one covering ``at`` for a customer."""
+        async with self._snapshot() as conn:
+            head = (await read_head(conn)).seq
+            customer, contract_id, number = await _locate(conn, invoice_id, customer_id, at, head)
+            return await self._view(conn, customer, contract_id, number, head)
+
+    async def finalize(self, invoice_id: str, ctx: RequestContext) -> InvoiceView:
+        """Freeze an ended period's invoice; finalized invoices never change."""
+
+        async def decide() -> list[Write]:
+            async with self._snapshot() as conn:
+                head = (await read_head(conn)).seq
+                customer, contract_id, number = await _locate(conn, invoice_id, "", None, head)
+                view = await self._view(conn, customer, contract_id, number, head)
+            if view.status is InvoiceStatus.FINALIZED:
+                raise DomainError(Rule.INVOICE_ALREADY_FINALIZED, f"{invoice_id} is already final")
+            self._check_period_ended(view.invoice)
+            event = InvoiceFinalized(view.invoice, view.content_sha256)
+            return [Write(customer_stream(customer.customer_id), event, customer.version)]
+
+        command = Command(
+            "FinalizeInvoice", {"invoice_id": invoice_id}, Rule.INVOICE_ALREADY_FINALIZED
+        )
+        event, _ = await run_command(self._store, ctx, command, decide, self._clock())
+        assert isinstance(event, InvoiceFinalized)
+        return InvoiceView(event.invoice, InvoiceStatus.FINALIZED, event.content_sha256)
+
+    async def verify_finalized(self, invoice_id: str) -> ReplayCheck:
+        """Recompute a finalized invoice from raw events through its recorded position."""
+        async with self._snapshot() as conn:
+            head = (await read_head(conn)).seq
+            customer_id, _, _ = await customer_of_invoice(conn, invoice_id, head)
+            customer = await load_customer(conn, customer_id, head)
+            finalized = customer.finalized.get(invoice_id)
+            if finalized is None:
+                raise DomainError(Rule.INVOICE_NOT_FOUND, f"{invoice_id} is not finalized")
+            through = finalized.invoice.computed_through_seq
+            replayed = await replay_invoice(conn, invoice_id, through)
+        return ReplayCheck(finalized.content_sha256, content_sha256(replayed), replayed)
+
+    def _check_period_ended(self, invoice: Invoice) -> None:
+        closes_at = invoice.period_end + self._grace
+        if self._clock() < closes_at:
+            raise DomainError(
+                Rule.PERIOD_NOT_ENDED,
+                f"the period ends at {invoice.period_end.isoformat()}; invoices can be"
+                f" finalized from {closes_at.isoformat()}",
+            )
+
+    async def _view(
+        self, conn: Conn, customer: CustomerState, contract_id: str, number: int, head: int
+    ) -> InvoiceView:
+        plan = await plan_invoice(conn, customer, contract_id, number, head)
+        finalized = customer.finalized.get(plan.invoice_id)
+        if finalized is not None:
+            return InvoiceView(finalized.invoice, InvoiceStatus.FINALIZED, finalized.content_sha256)
+        usage = await self._usage(conn, plan, head)
+        invoice = plan.price(usage)
+        return InvoiceView(invoice, InvoiceStatus.DRAFT, content_sha256(invoice))
+
+    async def _usage(self, conn: Conn, plan: InvoicePlan, head: int) -> dict[UsageKey, Tally]:
+        checkpoint = min(await checkpoint_of(conn, self._rollups.name, self._rollups.version), head)
+        stream = usage_stream(plan.customer.customer_id)
+        parts: list[dict[UsageKey, Tally]] = []
+        raw: list[StoredEvent] = []
+        for segment in plan.segments:
+            full, edges = _split_hours(segment.period.start, segment.period.end)
+            if full is not None:
+                parts.append(await self._rolled_up(conn, plan, segment.period.start, full))
+            for edge in edges:
+                raw += await read_stream_between(conn, stream, edge, (0, checkpoint))
+        period = (plan.period.start, plan.period.end)
+        raw += await read_stream_between(conn, stream, period, (checkpoint, head))
+        parts.append(
+            fold_usage(
+                _usage_events(raw),
+                plan.catalog.metrics.values(),
+                plan.segment_starts,
+                plan.period.end,
+            )
+        )
+        return merge_tallies(*parts)
+
+    async def _rolled_up(
+        self,
+        conn: Conn,
+        plan: InvoicePlan,
+        segment_start: datetime,
+        hours: tuple[datetime, datetime],
+    ) -> dict[UsageKey, Tally]:
+        args = (plan.customer.customer_id, list(plan.catalog.metrics), *hours)
+        tallies: dict[UsageKey, Tally] = {}
+        cur = await conn.execute(
+            f"SELECT metric_id, group_key, sum(event_count), sum(total), max(maximum)"  # noqa: S608
+            f" FROM {self._rollups.rollups} WHERE customer_id = %s AND metric_id = ANY(%s)"
+            " AND bucket_start >= %s AND bucket_start < %s GROUP BY metric_id, group_key",
+            args,
+        )
+        for metric_id, group_key, count, total, maximum in await cur.fetchall():
+            key = (segment_start, metric_id, decode_group(group_key))
+            tallies[key] = Tally(count=int(count), total=Decimal(total), maximum=maximum)
+        cur = await conn.execute(
+            f"SELECT metric_id, group_key, reason, sum(event_count)"  # noqa: S608
+            f" FROM {self._rollups.unbilled} WHERE customer_id = %s AND metric_id = ANY(%s)"
+            " AND bucket_start >= %s AND bucket_start < %s GROUP BY metric_id, group_key, reason",
+            args,
+        )
+        for metric_id, group_key, reason, count in await cur.fetchall():
+            key = (segment_start, metric_id, decode_group(group_key))
+            tallies[key] = tallies.get(key, Tally()).merge(Tally(unbilled={reason: int(count)}))
+        return tallies
+
+    def _snapshot(self) -> _Snapshot:
+        return _Snapshot(self._pool)
+
+
+class _Snapshot:
+    """A read-only REPEATABLE READ transaction: one consistent view of the ledger."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    async def __aenter__(self) -> Conn:
+        self._context = self._pool.connection()
+        conn = await self._context.__aenter__()
+        await conn.set_isolation_level(IsolationLevel.REPEATABLE_READ)
+        await conn.set_read_only(True)
+        self._conn = conn
+        return conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self._conn.rollback()
+            await self._conn.set_isolation_level(None)
+            await self._conn.set_read_only(None)
+        finally:
+            await self._context.__aexit__(None, None, None)
+
+
+async def _locate(
+    conn: Conn, invoice_id: str, customer_id: str, at: datetime | None, head: int
+) -> tuple[CustomerState, str, int]:
+    if invoice_id:
+        customer_id, contract_id, number = await customer_of_invoice(conn, invoice_id, head)
+        return await load_customer(conn, customer_id, head), contract_id, number
+    if not customer_id or at is None:
+        raise DomainError(Rule.REQUEST_INVALID, "give invoice_id, or customer_id and at")
+    customer = await load_customer(conn, customer_id, head)
+    contract = contract_at(customer, at)
+    found = period_number_at(contract, at) if contract is not None else None
+    if contract is None or found is None:
+        raise DomainError(Rule.INVOICE_NOT_FOUND, f"{customer_id} has no contract in force at {at}")
+    return customer, contract.contract_id, found
+
+
+def _split_hours(start: datetime, end: datetime) -> tuple[Span | None, list[Span]]:
+    """Whole hours inside ``[start, end)`` and the partial-hour edges around them."""
+    first_full = (
+        bucket_start(start) if bucket_start(start) == start else bucket_start(start) + BUCKET
+    )
+    last_full = bucket_start(end)
+    if first_full >= last_full:
+        return None, [(start, end)]
+    edges = [(a, b) for a, b in ((start, first_full), (last_full, end)) if a < b]
+    return (first_full, last_full), edges
+
+
+def _usage_events(rows: Sequence[StoredEvent]) -> list[UsageRecorded]:
+    events = []
+    for row in rows:
+        event = row.domain_event()
+        assert isinstance(event, UsageRecorded)
+        events.append(event)
+    return events
