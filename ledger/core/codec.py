@@ -34,7 +34,7 @@ def encode(instance: Any) -> dict[str, JsonValue]:
 def _encode_value(value: Any) -> JsonValue:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return encode(value)
-    if isinstance(value, tuple):
+    if isinstance(value, tuple | list):
         return [_encode_value(item) for item in value]
     if isinstance(value, Mapping):
         return {str(key): _encode_value(item) for key, item in value.items()}

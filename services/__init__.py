@@ -1,0 +1,1 @@
+"""The service shell: gRPC servicers, interceptors, bootstrap and the ``accrual`` CLI."""

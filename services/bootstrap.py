@@ -1,0 +1,91 @@
+"""One place that wires everything: pool, store, handlers, projections, servicers.
+
+Tests use the same wiring with a test database and, where they need it, a
+controlled clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from psycopg_pool import AsyncConnectionPool
+
+from ledger.app.catalog import CatalogCommands, MetricRegistry
+from ledger.app.customers import CustomerCommands
+from ledger.app.usage import RecordUsage
+from ledger.core.validation import UsagePolicy
+from ledger.store.event_store import Pool, PostgresEventStore
+from projections.engine import ProjectionRunner
+from projections.invoicing import Invoicing
+from projections.usage_rollups import UsageRollups
+from services.config import Settings
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class App:
+    """The wired application; servicers take their handlers from here."""
+
+    settings: Settings
+    pool: Pool
+    store: PostgresEventStore
+    record_usage: RecordUsage
+    catalog: CatalogCommands
+    customers: CustomerCommands
+    invoicing: Invoicing
+    runner: ProjectionRunner
+
+
+def wire(settings: Settings, pool: Pool, clock: Clock = utc_now) -> App:
+    """Build the application over an open pool."""
+    store = PostgresEventStore(pool, clock)
+    rollups = UsageRollups()
+    policy = UsagePolicy(late_window=settings.late_usage, future_tolerance=settings.future_usage)
+    return App(
+        settings=settings,
+        pool=pool,
+        store=store,
+        record_usage=RecordUsage(store, MetricRegistry(store), clock, policy),
+        catalog=CatalogCommands(store, clock),
+        customers=CustomerCommands(store, clock),
+        invoicing=Invoicing(pool, store, rollups, clock, settings.finalize_grace),
+        runner=ProjectionRunner(pool, [rollups]),
+    )
+
+
+def open_pool(database_url: str, max_size: int) -> Pool:
+    return AsyncConnectionPool(
+        database_url, min_size=1, max_size=max_size, open=False, name="accrual"
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_app(
+    settings: Settings, database_url: str, clock: Clock = utc_now
+) -> AsyncIterator[App]:
+    """An app with an open pool, projection tables, and (if enabled) the projector running."""
+    async with open_pool(database_url, settings.db_pool_max) as pool:
+        await pool.wait(timeout=30)
+        app = wire(settings, pool, clock)
+        await app.runner.setup()
+        stop = asyncio.Event()
+        projector = (
+            asyncio.create_task(app.runner.run_forever(stop)) if settings.run_projector else None
+        )
+        try:
+            yield app
+        finally:
+            stop.set()
+            if projector is not None:
+                projector.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await projector

@@ -1,0 +1,85 @@
+"""Settings: every knob from an environment variable, validated once at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot run with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration; see the README's configuration table."""
+
+    database_url: str | None
+    data_dir: Path
+    embedded_pg_port: int
+    grpc_address: str
+    late_usage: timedelta
+    future_usage: timedelta
+    finalize_grace: timedelta
+    db_pool_max: int
+    run_projector: bool
+    log_format: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            database_url=env.get("ACCRUAL_DATABASE_URL") or None,
+            data_dir=Path(env.get("ACCRUAL_DATA_DIR", ".accrual")).resolve(),
+            embedded_pg_port=_int(env, "ACCRUAL_EMBEDDED_PG_PORT", 54329, 1, 65535),
+            grpc_address=_address(env.get("ACCRUAL_GRPC_ADDRESS", "127.0.0.1:50051")),
+            late_usage=timedelta(days=_int(env, "ACCRUAL_LATE_USAGE_DAYS", 34, 0, 3650)),
+            future_usage=timedelta(minutes=_int(env, "ACCRUAL_FUTURE_USAGE_MINUTES", 5, 0, 1440)),
+            finalize_grace=timedelta(
+                minutes=_int(env, "ACCRUAL_FINALIZE_GRACE_MINUTES", 60, 0, 60 * 24 * 31)
+            ),
+            db_pool_max=_int(env, "ACCRUAL_DB_POOL_MAX", 10, 2, 500),
+            run_projector=_bool(env, "ACCRUAL_RUN_PROJECTOR", default=True),
+            log_format=_choice(env, "ACCRUAL_LOG_FORMAT", "auto", {"auto", "json", "console"}),
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} must be between {low} and {high}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={raw!r} must be true or false")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: set[str]) -> str:
+    value = env.get(name, default) or default
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} must be one of {', '.join(sorted(allowed))}")
+    return value
+
+
+def _address(value: str) -> str:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"ACCRUAL_GRPC_ADDRESS={value!r} must be host:port")
+    return value

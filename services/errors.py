@@ -1,0 +1,105 @@
+"""Domain errors to gRPC status, in one table; everything else becomes INTERNAL.
+
+Each broken rule maps to a status code by its kind and travels with
+``google.rpc`` details: ``ErrorInfo`` names the rule, ``BadRequest`` lists
+field violations, ``RetryInfo`` says when a retry may succeed. Unexpected
+exceptions are logged with their stack and answered with a generic message:
+no SQL, stack trace or other customer's data ever reaches a caller.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+import grpc
+import psycopg
+import structlog
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from psycopg_pool import PoolTimeout
+
+from ledger.core.errors import DomainError, Kind
+
+ERROR_DOMAIN: Final = "accrual.v1"
+
+STATUS_BY_KIND: Final[dict[Kind, grpc.StatusCode]] = {
+    Kind.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    Kind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Kind.EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    Kind.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    Kind.CONFLICT: grpc.StatusCode.ABORTED,
+    Kind.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+_log = structlog.get_logger("accrual.errors")
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+def status_for(error: DomainError) -> status_pb2.Status:
+    """The rich status of a domain error."""
+    code = STATUS_BY_KIND[error.rule.kind]
+    details = [
+        error_details_pb2.ErrorInfo(reason=error.rule.code.upper(), domain=ERROR_DOMAIN),
+    ]
+    if error.violations:
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in error.violations
+                ]
+            )
+        )
+    if error.rule.kind in (Kind.CONFLICT, Kind.EXHAUSTED):
+        details.append(
+            error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=50_000_000))
+        )
+    return _status(code.value[0], error.message, details)
+
+
+def _status(code: int, message: str, details: list[Any]) -> status_pb2.Status:
+    packed = []
+    for detail in details:
+        holder = any_pb2.Any()
+        holder.Pack(detail)
+        packed.append(holder)
+    return status_pb2.Status(code=code, message=message, details=packed)
+
+
+_INTERNAL: Final = _status(code_pb2.INTERNAL, "internal error; details are in the server log", [])
+_UNAVAILABLE: Final = _status(
+    code_pb2.UNAVAILABLE,
+    "the ledger database is unavailable; retry with backoff",
+    [error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1))],
+)
+
+
+def rpc(
+    method: Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]],
+) -> Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]:
+    """Wrap a servicer method: domain errors become rich statuses, the rest INTERNAL."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Request, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            return await method(self, request, context)
+        except DomainError as error:
+            await context.abort_with_status(rpc_status.to_status(status_for(error)))
+        except grpc.aio.AbortError:
+            raise
+        except (psycopg.OperationalError, PoolTimeout):
+            _log.warning("database unavailable", method=method.__qualname__, exc_info=True)
+            await context.abort_with_status(rpc_status.to_status(_UNAVAILABLE))
+        except Exception:
+            _log.exception("unexpected error", method=method.__qualname__)
+            await context.abort_with_status(rpc_status.to_status(_INTERNAL))
+        raise AssertionError("abort_with_status always raises")
+
+    return wrapper

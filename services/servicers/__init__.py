@@ -1,0 +1,1 @@
+"""Thin gRPC servicers: proto -> command -> handler -> proto. No SQL, no rules."""

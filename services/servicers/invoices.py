@@ -1,0 +1,38 @@
+"""InvoiceService."""
+
+from __future__ import annotations
+
+import grpc
+
+from projections.invoicing import InvoiceView, Invoicing
+from services.api.accrual.v1 import invoices_pb2, invoices_pb2_grpc
+from services.convert import invoice_message, optional_datetime
+from services.errors import rpc
+from services.request import request_context
+
+
+def _message(view: InvoiceView) -> invoices_pb2.Invoice:
+    return invoice_message(view.invoice, view.status.value, view.content_sha256)
+
+
+class InvoiceServicer(invoices_pb2_grpc.InvoiceServiceServicer):
+    def __init__(self, invoicing: Invoicing) -> None:
+        self._invoicing = invoicing
+
+    @rpc
+    async def GetInvoice(
+        self, request: invoices_pb2.GetInvoiceRequest, context: grpc.aio.ServicerContext
+    ) -> invoices_pb2.Invoice:
+        view = await self._invoicing.get(
+            invoice_id=request.invoice_id,
+            customer_id=request.customer_id,
+            at=optional_datetime(request, "at"),
+        )
+        return _message(view)
+
+    @rpc
+    async def FinalizeInvoice(
+        self, request: invoices_pb2.FinalizeInvoiceRequest, context: grpc.aio.ServicerContext
+    ) -> invoices_pb2.Invoice:
+        ctx = request_context(context, request_id=request.request_id)
+        return _message(await self._invoicing.finalize(request.invoice_id, ctx))

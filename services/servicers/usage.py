@@ -1,0 +1,50 @@
+"""UsageService."""
+
+from __future__ import annotations
+
+import grpc
+
+from ledger.app.usage import RecordUsage, UsageInput, UsageStatus
+from services.api.accrual.v1 import usage_pb2, usage_pb2_grpc
+from services.convert import optional_datetime
+from services.errors import rpc
+from services.request import request_context
+
+_STATUS = {
+    UsageStatus.ACCEPTED: usage_pb2.UsageEventResult.ACCEPTED,
+    UsageStatus.DUPLICATE: usage_pb2.UsageEventResult.DUPLICATE,
+    UsageStatus.REJECTED: usage_pb2.UsageEventResult.REJECTED,
+}
+
+
+class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
+    def __init__(self, record_usage: RecordUsage) -> None:
+        self._record_usage = record_usage
+
+    @rpc
+    async def RecordUsage(
+        self, request: usage_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext
+    ) -> usage_pb2.RecordUsageResponse:
+        items = [
+            UsageInput(
+                transaction_id=event.transaction_id,
+                customer_id=event.customer_id,
+                event_type=event.event_type,
+                occurred_at=optional_datetime(event, "timestamp"),
+                properties=dict(event.properties),
+            )
+            for event in request.events
+        ]
+        results = await self._record_usage(items, request_context(context))
+        return usage_pb2.RecordUsageResponse(
+            results=[
+                usage_pb2.UsageEventResult(
+                    transaction_id=r.transaction_id,
+                    status=_STATUS[r.status],
+                    reason=r.reason,
+                    seq=r.seq,
+                )
+                for r in results
+            ],
+            consistency_token=max((r.seq for r in results), default=0),
+        )
