@@ -71,11 +71,11 @@ class ProjectionRunner:
                     (projection.name, projection.version),
                 )
 
-    async def run_batch(self, projection: Projection) -> int:
-        """Apply one batch to ``projection``; return how many events it held."""
+    async def run_batch(self, projection: Projection, limit: int = BATCH_EVENTS_MAX) -> int:
+        """Apply one batch of at most ``limit`` events; return how many it held."""
         async with self._pool.connection() as conn, conn.transaction():
             checkpoint = await _lock_checkpoint(conn, projection)
-            events = await read_after(conn, checkpoint, BATCH_EVENTS_MAX)
+            events = await read_after(conn, checkpoint, limit)
             if not events:
                 return 0
             async with conn.cursor() as cur:

@@ -9,7 +9,7 @@ before the call, and its cost does not grow with the number of events.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -29,6 +29,7 @@ from ledger.app.commands import Command, Write, run_command
 from ledger.app.context import RequestContext
 from ledger.app.streams import customer_stream, usage_stream
 from ledger.core.billing import CustomerState, contract_at, period_number_at
+from ledger.core.catalog import BillableMetric
 from ledger.core.errors import DomainError, Rule
 from ledger.core.events import InvoiceFinalized, UsageRecorded
 from ledger.core.invoice import Invoice, content_sha256
@@ -148,36 +149,50 @@ class Invoicing:
         return InvoiceView(invoice, InvoiceStatus.DRAFT, content_sha256(invoice))
 
     async def _usage(self, conn: Conn, plan: InvoicePlan, head: int) -> dict[UsageKey, Tally]:
+        """The period's tallies: rollups where they exist, raw events everywhere else."""
         checkpoint = min(await checkpoint_of(conn, self._rollups.name, self._rollups.version), head)
         stream = usage_stream(plan.customer.customer_id)
+        known = await self._rolled_up_metrics(conn)
+        rolled = [m for m in plan.catalog.metrics.values() if m.metric_id in known]
+        # A metric created after the checkpoint has no rollups yet: fold its raw events.
+        fresh = [m for m in plan.catalog.metrics.values() if m.metric_id not in known]
         parts: list[dict[UsageKey, Tally]] = []
-        raw: list[StoredEvent] = []
+        edge_events: list[StoredEvent] = []
         for segment in plan.segments:
             full, edges = _split_hours(segment.period.start, segment.period.end)
             if full is not None:
-                parts.append(await self._rolled_up(conn, plan, segment.period.start, full))
+                ids = [m.metric_id for m in rolled]
+                parts.append(await self._rolled_up(conn, plan, ids, segment.period.start, full))
             for edge in edges:
-                raw += await read_stream_between(conn, stream, edge, (0, checkpoint))
+                edge_events += await read_stream_between(conn, stream, edge, (0, checkpoint))
         period = (plan.period.start, plan.period.end)
-        raw += await read_stream_between(conn, stream, period, (checkpoint, head))
-        parts.append(
-            fold_usage(
-                _usage_events(raw),
-                plan.catalog.metrics.values(),
-                plan.segment_starts,
-                plan.period.end,
-            )
-        )
+        parts.append(self._fold(plan, edge_events, rolled))
+        if fresh:
+            before = await read_stream_between(conn, stream, period, (0, checkpoint))
+            parts.append(self._fold(plan, before, fresh))
+        tail = await read_stream_between(conn, stream, period, (checkpoint, head))
+        parts.append(self._fold(plan, tail, plan.catalog.metrics.values()))
         return merge_tallies(*parts)
+
+    @staticmethod
+    def _fold(
+        plan: InvoicePlan, rows: Sequence[StoredEvent], metrics: Iterable[BillableMetric]
+    ) -> dict[UsageKey, Tally]:
+        return fold_usage(_usage_events(rows), metrics, plan.segment_starts, plan.period.end)
+
+    async def _rolled_up_metrics(self, conn: Conn) -> set[str]:
+        cur = await conn.execute(f"SELECT metric_id FROM {self._rollups.metrics}")  # noqa: S608
+        return {str(row[0]) for row in await cur.fetchall()}
 
     async def _rolled_up(
         self,
         conn: Conn,
         plan: InvoicePlan,
+        metric_ids: list[str],
         segment_start: datetime,
-        hours: tuple[datetime, datetime],
+        hours: Span,
     ) -> dict[UsageKey, Tally]:
-        args = (plan.customer.customer_id, list(plan.catalog.metrics), *hours)
+        args = (plan.customer.customer_id, metric_ids, *hours)
         tallies: dict[UsageKey, Tally] = {}
         cur = await conn.execute(
             f"SELECT metric_id, group_key, sum(event_count), sum(total), max(maximum)"  # noqa: S608
@@ -244,9 +259,9 @@ async def _locate(
 
 def _split_hours(start: datetime, end: datetime) -> tuple[Span | None, list[Span]]:
     """Whole hours inside ``[start, end)`` and the partial-hour edges around them."""
-    first_full = (
-        bucket_start(start) if bucket_start(start) == start else bucket_start(start) + BUCKET
-    )
+    first_full = bucket_start(start)
+    if first_full < start:
+        first_full += BUCKET
     last_full = bucket_start(end)
     if first_full >= last_full:
         return None, [(start, end)]

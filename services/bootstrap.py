@@ -42,6 +42,7 @@ class App:
     catalog: CatalogCommands
     customers: CustomerCommands
     invoicing: Invoicing
+    rollups: UsageRollups
     runner: ProjectionRunner
 
 
@@ -58,6 +59,7 @@ def wire(settings: Settings, pool: Pool, clock: Clock = utc_now) -> App:
         catalog=CatalogCommands(store, clock),
         customers=CustomerCommands(store, clock),
         invoicing=Invoicing(pool, store, rollups, clock, settings.finalize_grace),
+        rollups=rollups,
         runner=ProjectionRunner(pool, [rollups]),
     )
 
