@@ -1,0 +1,97 @@
+"""The projection runner applies every event exactly once, whatever happens."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from psycopg import AsyncCursor
+from psycopg.rows import TupleRow
+
+from ledger.app.catalog import MetricInput
+from ledger.app.context import RequestContext
+from ledger.app.usage import UsageInput
+from ledger.store.records import StoredEvent
+from projections.engine import ProjectionRunner
+from projections.usage_rollups import UsageRollups
+from services.bootstrap import App, open_pool, running_app
+from services.config import Settings
+
+NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
+CTX = RequestContext(actor="test")
+EVENTS = 600
+
+
+async def seed(app: App) -> None:
+    await app.catalog.create_metric(
+        MetricInput("tokens", "Tokens", "completion", "SUM", "tokens"), CTX
+    )
+    await app.customers.create_customer("acme", "Acme", CTX)
+    for offset in range(0, EVENTS, 200):
+        batch = [
+            UsageInput(f"t{n}", "acme", "completion", NOW - timedelta(minutes=n), {"tokens": "2"})
+            for n in range(offset, offset + 200)
+        ]
+        await app.record_usage(batch, CTX)
+
+
+async def rolled_up(app: App) -> tuple[int, int]:
+    async with app.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT coalesce(sum(event_count), 0), coalesce(sum(total), 0) FROM usage_rollups_v1"
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def run_app(database_url: str, body: object) -> None:
+    settings = dataclasses.replace(Settings.from_env({}), run_projector=False)
+
+    async def main() -> None:
+        async with running_app(settings, database_url, clock=lambda: NOW) as app:
+            await body(app)  # type: ignore[operator]
+
+    asyncio.run(main())
+
+
+def test_two_runners_at_once_apply_each_event_once(database_url: str) -> None:
+    async def body(app: App) -> None:
+        await seed(app)
+        async with open_pool(database_url, 4) as other_pool:
+            other = ProjectionRunner(other_pool, [UsageRollups()])
+            small_batches = [
+                app.runner.run_batch(app.rollups, limit=50),
+                other.run_batch(UsageRollups(), limit=50),
+            ] * 10
+            await asyncio.gather(*small_batches)
+            await asyncio.gather(app.runner.catch_up(), other.catch_up())
+        assert await rolled_up(app) == (EVENTS, 2 * EVENTS)
+
+    run_app(database_url, body)
+
+
+class FailingRollups(UsageRollups):
+    """Writes its rows, then fails before the batch commits, like a crash."""
+
+    async def apply(self, cur: AsyncCursor[TupleRow], events: Sequence[StoredEvent]) -> None:
+        await super().apply(cur, events)
+        raise RuntimeError("crash after writing rows, before the checkpoint commits")
+
+
+def test_a_batch_that_fails_leaves_neither_rows_nor_checkpoint(database_url: str) -> None:
+    async def body(app: App) -> None:
+        await seed(app)
+        await app.runner.run_batch(app.rollups, limit=100)
+        before = await rolled_up(app)
+        failing = ProjectionRunner(app.pool, [FailingRollups()])
+        with pytest.raises(RuntimeError, match="crash"):
+            await failing.run_batch(FailingRollups(), limit=100)
+        assert await rolled_up(app) == before
+        await app.runner.catch_up()
+        assert await rolled_up(app) == (EVENTS, 2 * EVENTS)
+
+    run_app(database_url, body)
