@@ -30,7 +30,7 @@ from ledger.app.context import RequestContext
 from ledger.app.streams import customer_stream, usage_stream
 from ledger.core.billing import CustomerState, contract_at, period_number_at
 from ledger.core.catalog import BillableMetric
-from ledger.core.errors import DomainError, Rule
+from ledger.core.errors import DomainError, FieldViolation, Rule, invalid
 from ledger.core.events import InvoiceFinalized, UsageRecorded
 from ledger.core.invoice import Invoice, content_sha256
 from ledger.core.metering import Tally, UsageKey, fold_usage, merge_tallies
@@ -96,6 +96,8 @@ class Invoicing:
 
     async def finalize(self, invoice_id: str, ctx: RequestContext) -> InvoiceView:
         """Freeze an ended period's invoice; finalized invoices never change."""
+        if not invoice_id:
+            raise invalid("invoice_id", "is required")
 
         async def decide() -> list[Write]:
             async with self._snapshot() as conn:
@@ -248,7 +250,12 @@ async def _locate(
         customer_id, contract_id, number = await customer_of_invoice(conn, invoice_id, head)
         return await load_customer(conn, customer_id, head), contract_id, number
     if not customer_id or at is None:
-        raise DomainError(Rule.REQUEST_INVALID, "give invoice_id, or customer_id and at")
+        missing = [name for name, value in (("customer_id", customer_id), ("at", at)) if not value]
+        raise DomainError(
+            Rule.REQUEST_INVALID,
+            "give invoice_id, or customer_id and at",
+            tuple(FieldViolation(name, "is required without invoice_id") for name in missing),
+        )
     customer = await load_customer(conn, customer_id, head)
     contract = contract_at(customer, at)
     found = period_number_at(contract, at) if contract is not None else None

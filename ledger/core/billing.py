@@ -20,6 +20,9 @@ from ledger.core.events import (
 )
 from ledger.core.periods import Period, period_at, period_index
 
+# Monthly periods for 800+ years: more than any contract, small enough for datetimes.
+PERIOD_NUMBER_MAX = 10_000
+
 
 @dataclass(frozen=True)
 class CustomerState:
@@ -53,10 +56,13 @@ def evolve(state: CustomerState, event: DomainEvent, stream_version: int) -> Cus
 
 def contract_period(contract: Contract, number: int) -> Period | None:
     """The contract's ``number``-th billing period (1-based), clipped to its term."""
-    if number < 1:
+    if not 1 <= number <= PERIOD_NUMBER_MAX:
         return None
     first = period_index(contract.billing_anchor, contract.starts_at)
-    raw = period_at(contract.billing_anchor, first + number - 1)
+    try:
+        raw = period_at(contract.billing_anchor, first + number - 1)
+    except (ValueError, OverflowError):  # beyond the year 9999
+        return None
     return raw.clip(contract.starts_at, contract.ends_at)
 
 
@@ -77,7 +83,8 @@ def parse_invoice_id(text: str) -> tuple[str, int] | None:
     """``(contract_id, period number)`` from an invoice id, or None if malformed."""
     prefix, _, rest = text.partition("-")
     contract_id, _, number = rest.rpartition("-")
-    if prefix != "in" or not contract_id or not number.isdigit():
+    valid = number.isascii() and number.isdigit() and len(number) <= len(str(PERIOD_NUMBER_MAX))
+    if prefix != "in" or not contract_id or not valid or not 1 <= int(number) <= PERIOD_NUMBER_MAX:
         return None
     return contract_id, int(number)
 
