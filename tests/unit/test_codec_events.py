@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from ledger.core import events as events_module
 from ledger.core.canonical import canonical_json
 from ledger.core.catalog import (
     Aggregation,
@@ -239,3 +240,20 @@ def test_enums_in_nested_values_are_decoded_to_members() -> None:
 def test_codec_decodes_any_encoded_dataclass() -> None:
     assert decode(RateCardVersion, json.loads(canonical_json(encode(RATE_CARD)))) == RATE_CARD
     assert decode(Invoice, json.loads(canonical_json(encode(INVOICE)))) == INVOICE
+
+
+def test_an_older_stored_schema_version_is_upcast_on_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stored events are never rewritten; old shapes are converted when read."""
+
+    def rename_v0(payload: dict[str, Any]) -> dict[str, Any]:
+        return {"customer_id": payload["customer_id"], "name": payload["customer_name"]}
+
+    monkeypatch.setitem(events_module.UPCASTERS, ("CustomerCreated", 0), rename_v0)
+    stored_v0 = {"customer_id": "acme", "customer_name": "Acme Corp"}
+    assert events_module.from_payload("CustomerCreated", 0, stored_v0) == CustomerCreated(
+        "acme", "Acme Corp"
+    )
+    current = {"customer_id": "acme", "name": "Acme Corp"}
+    assert events_module.from_payload("CustomerCreated", 1, current) == CustomerCreated(
+        "acme", "Acme Corp"
+    )
