@@ -15,6 +15,7 @@ from decimal import Decimal
 from ledger.core.canonical import canonical_json, sha256_hex
 from ledger.core.catalog import RateModel
 from ledger.core.codec import encode
+from ledger.core.rate_models import TierUse
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class InvoiceLine:
     unit_price: Decimal
     amount: Decimal
     explanation: str
+    tiers: tuple[TierUse, ...] = ()
+    override_id: str = ""
 
 
 @dataclass(frozen=True)

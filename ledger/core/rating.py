@@ -2,7 +2,8 @@
 
 Pure and deterministic: the same tallies, contract, rate card versions and
 period always give the same invoice, whatever order the usage arrived in.
-Amounts are exact until each line is rounded once (PRICING.md).
+Amounts are exact until each line is rounded once (PRICING.md); a contract's
+multiplier applies before that rounding, a rate's minimum and maximum after.
 """
 
 from __future__ import annotations
@@ -13,21 +14,33 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from ledger.core.catalog import BillableMetric, Contract, Product, Rate, RateCardVersion, RateModel
+from ledger.core.catalog import (
+    BillableMetric,
+    Contract,
+    Override,
+    OverrideKind,
+    Product,
+    Rate,
+    RateCardVersion,
+    RateModel,
+)
 from ledger.core.invoice import Invoice, InvoiceLine, UnbilledUsage
 from ledger.core.metering import GroupKey, Tally, UsageKey
 from ledger.core.money import EXACT, round_amount, zero
-from ledger.core.periods import Period
+from ledger.core.periods import Period, period_containing
+from ledger.core.rate_models import Charge, Proration, charge, percentage, whole_days
 
 NO_VERSION_IN_EFFECT = "no rate card version in effect"
 
 
 @dataclass(frozen=True)
 class Segment:
-    """Part of a period priced by one rate card version (None: no version in effect)."""
+    """Part of a period with one price: a rate card version (None: none in effect)
+    and the contract overrides in force throughout it."""
 
     period: Period
     rate_card: RateCardVersion | None
+    overrides: tuple[Override, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -49,26 +62,37 @@ def version_in_force(
 def pricing_segments(
     contract: Contract, period: Period, versions: Sequence[RateCardVersion]
 ) -> tuple[Segment, ...]:
-    """Split a period at every instant where the contract's pricing version changes."""
+    """Split a period wherever the contract's price changes: a new version takes
+    effect (unless pinned) or an override starts or ends."""
+    pinned = None
     if contract.pinned_version is not None:
-        pinned = [v for v in versions if v.version == contract.pinned_version]
-        assert pinned, "a pinned version is validated when the contract is created"
-        return (Segment(period, pinned[0]),)
-    changes = {v.effective_from for v in versions if period.contains(v.effective_from)}
-    cuts = sorted({period.start} | changes)
+        pinned = next(v for v in versions if v.version == contract.pinned_version)
+    cuts = {period.start}
+    if pinned is None:
+        cuts |= {v.effective_from for v in versions if period.contains(v.effective_from)}
+    for override in contract.overrides:
+        cuts |= {t for t in (override.starts_at, override.ends_at) if t and period.contains(t)}
+    ordered = sorted(cuts)
     segments: list[Segment] = []
-    for start, end in zip(cuts, [*cuts[1:], period.end], strict=True):
-        version = version_in_force(versions, start)
-        if segments and _same_prices(segments[-1].rate_card, version):
-            # A republished identical card changes nothing: the line is not split,
+    for start, end in zip(ordered, [*ordered[1:], period.end], strict=True):
+        version = pinned or version_in_force(versions, start)
+        active = tuple(o for o in contract.overrides if o.active_throughout(start, end))
+        if segments and _same_prices(segments[-1], version, active):
+            # An identical republished card changes nothing: the line is not split,
             # so it is rounded (and held to its minimum) once, as if unsplit.
-            segments[-1] = Segment(Period(segments[-1].period.start, end), version)
+            previous = segments[-1]
+            segments[-1] = Segment(Period(previous.period.start, end), version, active)
         else:
-            segments.append(Segment(Period(start, end), version))
+            segments.append(Segment(Period(start, end), version, active))
     return tuple(segments)
 
 
-def _same_prices(a: RateCardVersion | None, b: RateCardVersion | None) -> bool:
+def _same_prices(
+    previous: Segment, card: RateCardVersion | None, overrides: tuple[Override, ...]
+) -> bool:
+    a, b = previous.rate_card, card
+    if previous.overrides != overrides:
+        return False
     if a is None or b is None:
         return a is b
     return (a.currency, a.currency_decimals, a.rates) == (b.currency, b.currency_decimals, b.rates)
@@ -79,19 +103,39 @@ def canonical_quantity(value: Decimal) -> Decimal:
     return value.normalize(EXACT) if value else Decimal(0)
 
 
-def price_line(rate: Rate, quantity: Decimal, decimals: int) -> tuple[Decimal, str]:
-    """The rounded amount for ``quantity`` under ``rate`` and how it was reached."""
-    assert rate.model is RateModel.PER_UNIT
-    exact = EXACT.multiply(quantity, rate.unit_price)
+@dataclass(frozen=True)
+class PricedLine:
+    amount: Decimal
+    explanation: str
+    charge: Charge
+
+
+def finish_line(
+    rate: Rate, exact_charge: Charge, decimals: int, override: Override | None = None
+) -> PricedLine:
+    """Apply a contract multiplier, round once, then the rate's minimum and maximum."""
+    exact, steps = exact_charge.exact, exact_charge.steps
+    if override is not None and override.kind is OverrideKind.MULTIPLIER:
+        assert override.multiplier is not None
+        exact = EXACT.multiply(exact, override.multiplier)
+        steps += f"; × {override.multiplier} (contract override {override.override_id}) = {exact}"
     amount = round_amount(exact, decimals)
-    explanation = f"{quantity} × {rate.unit_price} = {exact} → {amount}"
+    steps += f" → {amount}"
     if rate.minimum is not None and amount < rate.minimum:
         amount = round_amount(rate.minimum, decimals)
-        explanation += f"; raised to minimum {amount}"
+        steps += f"; raised to minimum {amount}"
     if rate.maximum is not None and amount > rate.maximum:
         amount = round_amount(rate.maximum, decimals)
-        explanation += f"; capped at maximum {amount}"
-    return amount, explanation
+        steps += f"; capped at maximum {amount}"
+    return PricedLine(amount, steps, exact_charge)
+
+
+def price_line(
+    rate: Rate, quantity: Decimal, decimals: int, proration: Proration | None = None
+) -> tuple[Decimal, str]:
+    """The rounded amount for ``quantity`` under ``rate`` and how it was reached."""
+    priced = finish_line(rate, charge(rate, quantity, proration or Proration(1, 1)), decimals)
+    return priced.amount, priced.explanation
 
 
 def rate_invoice(
@@ -108,6 +152,8 @@ def rate_invoice(
 ) -> Invoice:
     """Price a contract period's usage into an invoice."""
     currency, decimals = rate_card_currency
+    billing_period = period_containing(contract.billing_anchor, period.start)
+    days_in_period = whole_days(billing_period.start, billing_period.end)
     lines: list[InvoiceLine] = []
     unbilled: Counter[tuple[str, str]] = Counter()
     for segment in segments:
@@ -115,7 +161,10 @@ def rate_invoice(
         if segment.rate_card is None:
             _count_unbilled_without_version(seg_usage, unbilled)
             continue
-        pricing = _SegmentPricing(segment, segment.rate_card, catalog, decimals)
+        days = whole_days(segment.period.start, segment.period.end)
+        pricing = _SegmentPricing(
+            segment, segment.rate_card, contract, catalog, decimals, Proration(days, days_in_period)
+        )
         lines.extend(pricing.lines(seg_usage, unbilled))
         _count_unbilled(pricing.metric_ids(), seg_usage, unbilled)
     subtotal = sum((line.amount for line in lines), zero(decimals))
@@ -147,49 +196,125 @@ def rate_invoice(
 class _SegmentPricing:
     segment: Segment
     card: RateCardVersion
+    contract: Contract
     catalog: Catalog
     decimals: int
+    proration: Proration
 
     def metric_ids(self) -> set[str]:
         """The metrics measuring the products on this segment's card."""
-        return {self.catalog.products[p].metric_id for p in self.card.product_ids}
+        products = (self.catalog.products[p] for p in self.card.product_ids)
+        return {p.metric_id for p in products if p.metric_id}
 
     def lines(
         self, seg_usage: Mapping[tuple[str, GroupKey], Tally], unbilled: Counter[tuple[str, str]]
     ) -> list[InvoiceLine]:
-        """A line per product and observed group; one zero line for a product without usage."""
+        """Usage and flat lines first, then percentages of them."""
         lines: list[InvoiceLine] = []
+        percentages: list[tuple[Product, Rate]] = []
         for product_id in sorted(self.card.product_ids):
             product = self.catalog.products[product_id]
-            metric = self.catalog.metrics[product.metric_id]
-            observed = sorted(g for (m, g) in seg_usage if m == metric.metric_id)
-            groups: Sequence[GroupKey | None] = observed or [None]
-            for group in groups:
-                tally = Tally() if group is None else seg_usage[(metric.metric_id, group)]
-                values = {} if group is None else dict(zip(metric.group_by, group, strict=True))
-                line = self._line(product, metric, values, tally)
-                if line is None:
-                    unbilled[(metric.metric_id, f"no rate for {product_id} with {values}")] += (
-                        tally.count
-                    )
-                else:
-                    lines.append(line)
+            rate = self._rate(product_id, {})
+            if rate is not None and rate.model is RateModel.PERCENTAGE:
+                percentages.append((product, rate))
+            elif not product.metric_id:
+                if rate is not None:
+                    lines.append(self._line(product, None, {}, Decimal(1), rate))
+            else:
+                lines.extend(self._usage_lines(product, seg_usage, unbilled))
+        for product, rate in percentages:
+            lines.append(self._percentage_line(product, rate, lines))
         return lines
 
+    def _usage_lines(
+        self,
+        product: Product,
+        seg_usage: Mapping[tuple[str, GroupKey], Tally],
+        unbilled: Counter[tuple[str, str]],
+    ) -> list[InvoiceLine]:
+        """A line per observed group; one zero line for a product without usage."""
+        metric = self.catalog.metrics[product.metric_id]
+        observed = sorted(g for (m, g) in seg_usage if m == metric.metric_id)
+        groups: Sequence[GroupKey | None] = observed or [None]
+        lines = []
+        for group in groups:
+            tally = Tally() if group is None else seg_usage[(metric.metric_id, group)]
+            values = {} if group is None else dict(zip(metric.group_by, group, strict=True))
+            rate = self._rate(product.product_id, values)
+            if rate is None:
+                reason = f"no rate for {product.product_id} with {values}"
+                unbilled[(metric.metric_id, reason)] += tally.count
+                continue
+            # One representation per value ("8", not "8.0"), so a draft summed in the
+            # database and a replay summed here render identically.
+            quantity = canonical_quantity(tally.quantity(metric.aggregation))
+            lines.append(self._line(product, metric, values, quantity, rate))
+        return lines
+
+    def _rate(self, product_id: str, values: Mapping[str, str]) -> Rate | None:
+        override = self._override(product_id)
+        if override is not None and override.kind is OverrideKind.OVERWRITE:
+            return override.rate
+        return self.card.rate_for(product_id, values)
+
+    def _override(self, product_id: str) -> Override | None:
+        period = self.segment.period
+        return self.contract.override_for(product_id, period.start, period.end)
+
     def _line(
-        self, product: Product, metric: BillableMetric, values: dict[str, str], tally: Tally
-    ) -> InvoiceLine | None:
-        rate = self.card.rate_for(product.product_id, values)
-        if rate is None:
-            return None
-        # One representation per value ("8", not "8.0"), so a draft summed in the
-        # database and a replay summed here render identically.
-        quantity = canonical_quantity(tally.quantity(metric.aggregation))
-        amount, explanation = price_line(rate, quantity, self.decimals)
+        self,
+        product: Product,
+        metric: BillableMetric | None,
+        values: dict[str, str],
+        quantity: Decimal,
+        rate: Rate,
+    ) -> InvoiceLine:
+        override = self._override(product.product_id)
+        exact = charge(rate, quantity, self.proration)
+        priced = finish_line(rate, exact, self.decimals, override)
+        return self._invoice_line(
+            product,
+            metric=metric,
+            values=values,
+            quantity=quantity,
+            rate=rate,
+            priced=priced,
+            override=override,
+        )
+
+    def _percentage_line(
+        self, product: Product, rate: Rate, lines: Sequence[InvoiceLine]
+    ) -> InvoiceLine:
+        base_lines = [line for line in lines if line.product_id in rate.percent_of]
+        base = sum((line.amount for line in base_lines), Decimal(0))
+        exact = percentage(rate, base, tuple(sorted({li.product_id for li in base_lines})))
+        override = self._override(product.product_id)
+        priced = finish_line(rate, exact, self.decimals, override)
+        return self._invoice_line(
+            product,
+            metric=None,
+            values={},
+            quantity=base,
+            rate=rate,
+            priced=priced,
+            override=override,
+        )
+
+    def _invoice_line(
+        self,
+        product: Product,
+        *,
+        metric: BillableMetric | None,
+        values: dict[str, str],
+        quantity: Decimal,
+        rate: Rate,
+        priced: PricedLine,
+        override: Override | None,
+    ) -> InvoiceLine:
         return InvoiceLine(
             product_id=product.product_id,
             product_name=product.name,
-            metric_id=metric.metric_id,
+            metric_id=metric.metric_id if metric is not None else "",
             group_values=values,
             rate_card_id=self.card.rate_card_id,
             rate_card_version=self.card.version,
@@ -198,8 +323,10 @@ class _SegmentPricing:
             model=rate.model,
             quantity=quantity,
             unit_price=rate.unit_price,
-            amount=amount,
-            explanation=explanation,
+            amount=priced.amount,
+            explanation=priced.explanation,
+            tiers=priced.charge.tiers,
+            override_id=override.override_id if override is not None else "",
         )
 
 
