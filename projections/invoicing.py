@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
 from enum import Enum
 
 from psycopg import AsyncConnection, IsolationLevel
@@ -24,20 +23,23 @@ from ledger.app.billing import (
     load_customer,
     plan_invoice,
     replay_invoice,
+    sequenced,
 )
+from ledger.app.catalog import CatalogCommands, RateCardInput
 from ledger.app.commands import Command, Write, run_command
 from ledger.app.context import RequestContext
 from ledger.app.streams import customer_stream, usage_stream
+from ledger.app.usage import UsageInput
 from ledger.core.billing import CustomerState, contract_at, period_number_at
-from ledger.core.catalog import BillableMetric
-from ledger.core.errors import DomainError, FieldViolation, Rule, invalid
+from ledger.core.catalog import BillableMetric, RateCardVersion
+from ledger.core.errors import DomainError, FieldViolation, Rule, Violations, invalid
 from ledger.core.events import InvoiceFinalized, UsageRecorded
 from ledger.core.invoice import Invoice, content_sha256
 from ledger.core.metering import Tally, UsageKey, fold_usage, merge_tallies
 from ledger.store.event_store import Pool, PostgresEventStore, read_head, read_stream_between
 from ledger.store.records import StoredEvent
 from projections.engine import checkpoint_of
-from projections.usage_rollups import BUCKET, UsageRollups, bucket_start, decode_group
+from projections.usage_rollups import BUCKET, UsageRollups, bucket_start
 
 Conn = AsyncConnection[TupleRow]
 Span = tuple[datetime, datetime]
@@ -46,6 +48,26 @@ Span = tuple[datetime, datetime]
 class InvoiceStatus(Enum):
     DRAFT = "DRAFT"
     FINALIZED = "FINALIZED"
+    PREVIEW = "PREVIEW"  # a simulation: priced as asked, never stored
+
+
+@dataclass(frozen=True)
+class PreviewRequest:
+    """Which invoice to simulate, under which prices, on which usage.
+
+    Prices: a published version (``rate_card_id`` and ``rate_card_version``), a
+    card given inline (validated, never published), or else the contract's own.
+    ``usage`` None bills the recorded history; a list bills those hypothetical
+    events instead (a quote).
+    """
+
+    invoice_id: str = ""
+    customer_id: str = ""
+    at: datetime | None = None
+    rate_card_id: str = ""
+    rate_card_version: int = 0
+    inline_rate_card: RateCardInput | None = None
+    usage: Sequence[UsageInput] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,11 +96,14 @@ class Invoicing:
     def __init__(
         self,
         pool: Pool,
+        *,
         store: PostgresEventStore,
         rollups: UsageRollups,
         clock: Callable[[], datetime],
         finalize_grace: timedelta,
+        catalog: CatalogCommands,
     ) -> None:
+        self._catalog = catalog
         self._pool = pool
         self._store = store
         self._rollups = rollups
@@ -93,6 +118,32 @@ class Invoicing:
             head = (await read_head(conn)).seq
             customer, contract_id, number = await _locate(conn, invoice_id, customer_id, at, head)
             return await self._view(conn, customer, contract_id, number, head)
+
+    async def preview(self, request: PreviewRequest) -> InvoiceView:
+        """The invoice a customer would get under other prices or usage; writes nothing."""
+        pricing = await self._preview_pricing(request)
+        hypothetical = None if request.usage is None else _hypothetical(request.usage)
+        async with self._snapshot() as conn:
+            head = (await read_head(conn)).seq
+            located = await _locate(conn, request.invoice_id, request.customer_id, request.at, head)
+            customer, contract_id, number = located
+            plan = await plan_invoice(conn, customer, contract_id, number, head, pricing=pricing)
+            if hypothetical is None:
+                usage = await self._usage(conn, plan, head)
+            else:
+                metrics = plan.catalog.metrics.values()
+                usage = fold_usage(hypothetical, metrics, plan.segment_starts, plan.period.end)
+        invoice = plan.price(usage)
+        return InvoiceView(invoice, InvoiceStatus.PREVIEW, content_sha256(invoice))
+
+    async def _preview_pricing(self, request: PreviewRequest) -> RateCardVersion | None:
+        if request.inline_rate_card is not None:
+            return await self._catalog.draft_rate_card(request.inline_rate_card)
+        if request.rate_card_id:
+            return await self._catalog.get_rate_card(
+                request.rate_card_id, request.rate_card_version
+            )
+        return None
 
     async def finalize(self, invoice_id: str, ctx: RequestContext) -> InvoiceView:
         """Freeze an ended period's invoice; finalized invoices never change."""
@@ -154,7 +205,7 @@ class Invoicing:
         """The period's tallies: rollups where they exist, raw events everywhere else."""
         checkpoint = min(await checkpoint_of(conn, self._rollups.name, self._rollups.version), head)
         stream = usage_stream(plan.customer.customer_id)
-        known = await self._rolled_up_metrics(conn)
+        known = await self._rollups.known_metrics(conn)
         rolled = [m for m in plan.catalog.metrics.values() if m.metric_id in known]
         # A metric created after the checkpoint has no rollups yet: fold its raw events.
         fresh = [m for m in plan.catalog.metrics.values() if m.metric_id not in known]
@@ -180,11 +231,7 @@ class Invoicing:
     def _fold(
         plan: InvoicePlan, rows: Sequence[StoredEvent], metrics: Iterable[BillableMetric]
     ) -> dict[UsageKey, Tally]:
-        return fold_usage(_usage_events(rows), metrics, plan.segment_starts, plan.period.end)
-
-    async def _rolled_up_metrics(self, conn: Conn) -> set[str]:
-        cur = await conn.execute(f"SELECT metric_id FROM {self._rollups.metrics}")  # noqa: S608
-        return {str(row[0]) for row in await cur.fetchall()}
+        return fold_usage(sequenced(rows), metrics, plan.segment_starts, plan.period.end)
 
     async def _rolled_up(
         self,
@@ -194,27 +241,8 @@ class Invoicing:
         segment_start: datetime,
         hours: Span,
     ) -> dict[UsageKey, Tally]:
-        args = (plan.customer.customer_id, metric_ids, *hours)
-        tallies: dict[UsageKey, Tally] = {}
-        cur = await conn.execute(
-            f"SELECT metric_id, group_key, sum(event_count), sum(total), max(maximum)"  # noqa: S608
-            f" FROM {self._rollups.rollups} WHERE customer_id = %s AND metric_id = ANY(%s)"
-            " AND bucket_start >= %s AND bucket_start < %s GROUP BY metric_id, group_key",
-            args,
-        )
-        for metric_id, group_key, count, total, maximum in await cur.fetchall():
-            key = (segment_start, metric_id, decode_group(group_key))
-            tallies[key] = Tally(count=int(count), total=Decimal(total), maximum=maximum)
-        cur = await conn.execute(
-            f"SELECT metric_id, group_key, reason, sum(event_count)"  # noqa: S608
-            f" FROM {self._rollups.unbilled} WHERE customer_id = %s AND metric_id = ANY(%s)"
-            " AND bucket_start >= %s AND bucket_start < %s GROUP BY metric_id, group_key, reason",
-            args,
-        )
-        for metric_id, group_key, reason, count in await cur.fetchall():
-            key = (segment_start, metric_id, decode_group(group_key))
-            tallies[key] = tallies.get(key, Tally()).merge(Tally(unbilled={reason: int(count)}))
-        return tallies
+        found = await self._rollups.tallies(conn, plan.customer.customer_id, metric_ids, hours)
+        return {(segment_start, metric_id, group): t for (metric_id, group), t in found.items()}
 
     def _snapshot(self) -> _Snapshot:
         return _Snapshot(self._pool)
@@ -264,6 +292,27 @@ async def _locate(
     return customer, contract.contract_id, found
 
 
+def _hypothetical(items: Sequence[UsageInput]) -> list[UsageRecorded]:
+    """Quote usage as events; only the shape matters, nothing is checked against the ledger."""
+    violations = Violations()
+    events = []
+    for i, item in enumerate(items):
+        if item.occurred_at is None:
+            violations.add(f"usage[{i}].timestamp", "is required")
+            continue
+        events.append(
+            UsageRecorded(
+                item.customer_id,
+                item.transaction_id,
+                item.event_type,
+                item.occurred_at,
+                dict(item.properties),
+            )
+        )
+    violations.raise_if_any()
+    return events
+
+
 def _split_hours(start: datetime, end: datetime) -> tuple[Span | None, list[Span]]:
     """Whole hours inside ``[start, end)`` and the partial-hour edges around them."""
     first_full = bucket_start(start)
@@ -274,12 +323,3 @@ def _split_hours(start: datetime, end: datetime) -> tuple[Span | None, list[Span
         return None, [(start, end)]
     edges = [(a, b) for a, b in ((start, first_full), (last_full, end)) if a < b]
     return (first_full, last_full), edges
-
-
-def _usage_events(rows: Sequence[StoredEvent]) -> list[UsageRecorded]:
-    events = []
-    for row in rows:
-        event = row.domain_event()
-        assert isinstance(event, UsageRecorded)
-        events.append(event)
-    return events

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from psycopg import AsyncCursor
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import TupleRow
 
 from ledger.core.canonical import canonical_json
 from ledger.core.catalog import BillableMetric
 from ledger.core.codec import decode, encode
 from ledger.core.events import BillableMetricCreated, UsageRecorded
-from ledger.core.metering import GroupKey, Tally, group_of, measure
+from ledger.core.metering import GroupKey, Latest, Tally, group_of, measure
 from ledger.store.records import StoredEvent
 
 BUCKET: Final = timedelta(hours=1)
@@ -53,6 +53,7 @@ class UsageRollups:
         self.rollups = f"usage_rollups_v{version}"
         self.unbilled = f"usage_unbilled_v{version}"
         self.metrics = f"usage_rollup_metrics_v{version}"
+        self.distinct = f"usage_distinct_v{version}"
 
     def ddl(self) -> Sequence[str]:
         return [
@@ -67,7 +68,17 @@ class UsageRollups:
                 event_count  bigint      NOT NULL,
                 total        numeric     NOT NULL,
                 maximum      numeric,
+                latest_at    timestamptz,
+                latest_seq   bigint,
+                latest_value numeric,
                 PRIMARY KEY (customer_id, metric_id, bucket_start, group_key))""",
+            f"""CREATE TABLE IF NOT EXISTS {self.distinct} (
+                customer_id  text        NOT NULL,
+                metric_id    text        NOT NULL,
+                group_key    text        NOT NULL,
+                bucket_start timestamptz NOT NULL,
+                value        text        NOT NULL,
+                PRIMARY KEY (customer_id, metric_id, bucket_start, group_key, value))""",
             f"""CREATE TABLE IF NOT EXISTS {self.unbilled} (
                 customer_id  text        NOT NULL,
                 metric_id    text        NOT NULL,
@@ -85,7 +96,7 @@ class UsageRollups:
             if stored.event_type == UsageRecorded.EVENT_TYPE:
                 event = stored.domain_event()
                 assert isinstance(event, UsageRecorded)
-                _accumulate(pending, event, metrics)
+                _accumulate(pending, stored.seq, event, metrics)
             elif stored.event_type == BillableMetricCreated.EVENT_TYPE:
                 created = stored.domain_event()
                 assert isinstance(created, BillableMetricCreated)
@@ -95,15 +106,70 @@ class UsageRollups:
                 metrics.append(created.metric)
         await self._flush(cur, pending)
 
+    async def known_metrics(self, conn: AsyncConnection[TupleRow]) -> set[str]:
+        """Metrics this projection has met (and back-filled) so far."""
+        cur = await conn.execute(f"SELECT metric_id FROM {self.metrics}")
+        return {str(row[0]) for row in await cur.fetchall()}
+
+    async def tallies(
+        self,
+        conn: AsyncConnection[TupleRow],
+        customer_id: str,
+        metric_ids: list[str],
+        hours: tuple[datetime, datetime],
+    ) -> dict[tuple[str, GroupKey], Tally]:
+        """The merged tallies of whole hours ``[start, end)`` per metric and group."""
+        args = (customer_id, metric_ids, *hours)
+        where = (
+            " WHERE customer_id = %s AND metric_id = ANY(%s)"
+            " AND bucket_start >= %s AND bucket_start < %s"
+        )
+        found: dict[tuple[str, GroupKey], Tally] = {}
+
+        def add(metric_id: str, group_key: str, tally: Tally) -> None:
+            key = (metric_id, decode_group(group_key))
+            found[key] = found[key].merge(tally) if key in found else tally
+
+        cur = await conn.execute(
+            "SELECT metric_id, group_key, sum(event_count), sum(total), max(maximum)"
+            f" FROM {self.rollups}{where} GROUP BY metric_id, group_key",
+            args,
+        )
+        for metric_id, group_key, count, total, maximum in await cur.fetchall():
+            add(metric_id, group_key, Tally(count=int(count), total=total, maximum=maximum))
+        cur = await conn.execute(
+            "SELECT DISTINCT ON (metric_id, group_key) metric_id, group_key,"
+            " latest_at, latest_seq, latest_value"
+            f" FROM {self.rollups}{where} AND latest_at IS NOT NULL"
+            " ORDER BY metric_id, group_key, latest_at DESC, latest_seq DESC",
+            args,
+        )
+        for metric_id, group_key, at, seq, value in await cur.fetchall():
+            add(metric_id, group_key, Tally(latest=Latest(at.astimezone(UTC), seq, value)))
+        cur = await conn.execute(
+            f"SELECT DISTINCT metric_id, group_key, value FROM {self.distinct}{where}",
+            args,
+        )
+        for metric_id, group_key, value in await cur.fetchall():
+            add(metric_id, group_key, Tally(distinct=frozenset((value,))))
+        cur = await conn.execute(
+            "SELECT metric_id, group_key, reason, sum(event_count)"
+            f" FROM {self.unbilled}{where} GROUP BY metric_id, group_key, reason",
+            args,
+        )
+        for metric_id, group_key, reason, count in await cur.fetchall():
+            add(metric_id, group_key, Tally(unbilled={reason: int(count)}))
+        return found
+
     async def _metrics(self, cur: AsyncCursor[TupleRow]) -> list[BillableMetric]:
-        await cur.execute(f"SELECT definition FROM {self.metrics} ORDER BY metric_id")  # noqa: S608
+        await cur.execute(f"SELECT definition FROM {self.metrics} ORDER BY metric_id")
         return [decode(BillableMetric, json.loads(row[0])) for row in await cur.fetchall()]
 
     async def _add_metric(
         self, cur: AsyncCursor[TupleRow], metric: BillableMetric, seq: int
     ) -> None:
         await cur.execute(
-            f"INSERT INTO {self.metrics} (metric_id, definition) VALUES (%s, %s)"  # noqa: S608
+            f"INSERT INTO {self.metrics} (metric_id, definition) VALUES (%s, %s)"
             " ON CONFLICT DO NOTHING",
             (metric.metric_id, canonical_json(encode(metric)).decode()),
         )
@@ -125,8 +191,23 @@ class UsageRollups:
             for row_seq, payload in rows:
                 after = row_seq
                 event = decode(UsageRecorded, json.loads(bytes(payload)))
-                _accumulate(pending, event, [metric])
+                _accumulate(pending, row_seq, event, [metric])
             await self._flush(cur, pending)
+
+    async def _flush_distinct(
+        self, cur: AsyncCursor[TupleRow], keys: list[RollupKey], tallies: list[Tally]
+    ) -> None:
+        rows = _distinct_rows(keys, tallies)
+        if not rows:
+            return
+        await cur.execute(
+            f"INSERT INTO {self.distinct}"
+            " (customer_id, metric_id, group_key, bucket_start, value)"
+            " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[],"
+            " %s::text[])"
+            " ON CONFLICT DO NOTHING",
+            tuple(list(column) for column in zip(*rows, strict=True)),
+        )
 
     async def _flush(self, cur: AsyncCursor[TupleRow], pending: dict[RollupKey, Tally]) -> None:
         if not pending:
@@ -134,14 +215,22 @@ class UsageRollups:
         keys = list(pending)
         tallies = [pending[key] for key in keys]
         await cur.execute(
-            f"INSERT INTO {self.rollups} AS r"  # noqa: S608
-            " (customer_id, metric_id, group_key, bucket_start, event_count, total, maximum)"
+            f"INSERT INTO {self.rollups} AS r"
+            " (customer_id, metric_id, group_key, bucket_start, event_count, total, maximum,"
+            " latest_at, latest_seq, latest_value)"
             " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[],"
-            " %s::bigint[], %s::numeric[], %s::numeric[])"
+            " %s::bigint[], %s::numeric[], %s::numeric[],"
+            " %s::timestamptz[], %s::bigint[], %s::numeric[])"
             " ON CONFLICT (customer_id, metric_id, bucket_start, group_key) DO UPDATE SET"
             " event_count = r.event_count + excluded.event_count,"
             " total = r.total + excluded.total,"
-            " maximum = GREATEST(r.maximum, excluded.maximum)",
+            " maximum = GREATEST(r.maximum, excluded.maximum),"
+            # The later of the two latest values, by timestamp then ledger seq.
+            " (latest_at, latest_seq, latest_value) = ("
+            "   SELECT l.at, l.seq, l.value FROM (VALUES"
+            "     (r.latest_at, r.latest_seq, r.latest_value),"
+            "     (excluded.latest_at, excluded.latest_seq, excluded.latest_value)"
+            "   ) AS l(at, seq, value) ORDER BY l.at DESC NULLS LAST, l.seq DESC LIMIT 1)",
             (
                 [k[0] for k in keys],
                 [k[1] for k in keys],
@@ -150,8 +239,12 @@ class UsageRollups:
                 [t.count for t in tallies],
                 [t.total for t in tallies],
                 [t.maximum for t in tallies],
+                [t.latest.occurred_at if t.latest else None for t in tallies],
+                [t.latest.seq if t.latest else None for t in tallies],
+                [t.latest.value if t.latest else None for t in tallies],
             ),
         )
+        await self._flush_distinct(cur, keys, tallies)
         unbilled = [
             (k, reason, n)
             for k, t in zip(keys, tallies, strict=True)
@@ -159,7 +252,7 @@ class UsageRollups:
         ]
         if unbilled:
             await cur.execute(
-                f"INSERT INTO {self.unbilled} AS u"  # noqa: S608
+                f"INSERT INTO {self.unbilled} AS u"
                 " (customer_id, metric_id, group_key, bucket_start, reason, event_count)"
                 " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[],"
                 " %s::text[], %s::bigint[])"
@@ -176,11 +269,22 @@ class UsageRollups:
             )
 
 
+def _distinct_rows(
+    keys: list[RollupKey], tallies: list[Tally]
+) -> list[tuple[str, str, str, datetime, str]]:
+    return [
+        (*key, value) for key, tally in zip(keys, tallies, strict=True) for value in tally.distinct
+    ]
+
+
 def _accumulate(
-    pending: dict[RollupKey, Tally], event: UsageRecorded, metrics: Iterable[BillableMetric]
+    pending: dict[RollupKey, Tally],
+    seq: int,
+    event: UsageRecorded,
+    metrics: Iterable[BillableMetric],
 ) -> None:
     for metric in metrics:
-        tally = measure(metric, event)
+        tally = measure(metric, event, seq)
         if tally is None:
             continue
         group = encode_group(group_of(metric, event.properties))

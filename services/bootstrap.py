@@ -51,14 +51,22 @@ def wire(settings: Settings, pool: Pool, clock: Clock = utc_now) -> App:
     store = PostgresEventStore(pool, clock)
     rollups = UsageRollups()
     policy = UsagePolicy(late_window=settings.late_usage, future_tolerance=settings.future_usage)
+    catalog = CatalogCommands(store, clock)
     return App(
         settings=settings,
         pool=pool,
         store=store,
         record_usage=RecordUsage(store, MetricRegistry(store), clock, policy),
-        catalog=CatalogCommands(store, clock),
+        catalog=catalog,
         customers=CustomerCommands(store, clock),
-        invoicing=Invoicing(pool, store, rollups, clock, settings.finalize_grace),
+        invoicing=Invoicing(
+            pool,
+            store=store,
+            rollups=rollups,
+            clock=clock,
+            finalize_grace=settings.finalize_grace,
+            catalog=catalog,
+        ),
         rollups=rollups,
         runner=ProjectionRunner(pool, [rollups]),
     )

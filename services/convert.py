@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ledger.app.catalog import RateCardInput
+from ledger.app.customers import OverrideSpec
+from ledger.app.usage import UsageInput
 from ledger.core.canonical import format_decimal
-from ledger.core.catalog import BillableMetric, Contract, Product, RateCardVersion
+from ledger.core.catalog import (
+    BillableMetric,
+    Contract,
+    Override,
+    Product,
+    Rate,
+    RateCardVersion,
+    RateModel,
+)
 from ledger.core.invoice import Invoice, InvoiceLine
+from ledger.core.rate_diff import FieldChange, RateCardDiff
+from ledger.core.rate_specs import RateSpec, TierSpec
 from services.api.accrual.v1 import (
     catalog_pb2,
     common_pb2,
     contracts_pb2,
     invoices_pb2,
+    usage_pb2,
 )
 
 # protobuf Timestamps span years 1..9999; Python datetimes do too, but not below.
@@ -77,6 +92,60 @@ def product_message(product: Product, seq: int) -> catalog_pb2.Product:
     )
 
 
+def rate_message(rate: Rate) -> catalog_pb2.Rate:
+    return catalog_pb2.Rate(
+        product_id=rate.product_id,
+        group_values=dict(rate.group_values),
+        model=rate.model.value,
+        unit_price=format_decimal(rate.unit_price),
+        minimum=decimal_text(rate.minimum),
+        maximum=decimal_text(rate.maximum),
+        tiers=[
+            catalog_pb2.Tier(
+                up_to=decimal_text(t.up_to),
+                unit_price=format_decimal(t.unit_price),
+                flat_fee=format_decimal(t.flat_fee),
+            )
+            for t in rate.tiers
+        ],
+        package_size=decimal_text(rate.package_size),
+        package_rounding=rate.package_rounding.value if rate.model is RateModel.PACKAGE else "",
+        flat_amount=format_decimal(rate.flat_amount) if rate.model is RateModel.FLAT else "",
+        percent=format_decimal(rate.percent) if rate.model is RateModel.PERCENTAGE else "",
+        percent_of=list(rate.percent_of),
+    )
+
+
+def rate_spec(message: catalog_pb2.Rate) -> RateSpec:
+    return RateSpec(
+        product_id=message.product_id,
+        model=message.model,
+        unit_price=message.unit_price,
+        group_values=dict(message.group_values),
+        minimum=message.minimum,
+        maximum=message.maximum,
+        tiers=[TierSpec(t.up_to, t.unit_price, t.flat_fee) for t in message.tiers],
+        package_size=message.package_size,
+        package_rounding=message.package_rounding,
+        flat_amount=message.flat_amount,
+        percent=message.percent,
+        percent_of=list(message.percent_of),
+    )
+
+
+def rate_card_input(request: catalog_pb2.PublishRateCardRequest) -> RateCardInput:
+    return RateCardInput(
+        rate_card_id=request.rate_card_id,
+        name=request.name,
+        currency=request.currency,
+        currency_decimals=(
+            request.currency_decimals if request.HasField("currency_decimals") else None
+        ),
+        effective_from=optional_datetime(request, "effective_from"),
+        rates=[rate_spec(r) for r in request.rates],
+    )
+
+
 def rate_card_message(card: RateCardVersion, seq: int = 0) -> catalog_pb2.RateCardVersion:
     return catalog_pb2.RateCardVersion(
         rate_card_id=card.rate_card_id,
@@ -85,19 +154,62 @@ def rate_card_message(card: RateCardVersion, seq: int = 0) -> catalog_pb2.RateCa
         currency=card.currency,
         currency_decimals=card.currency_decimals,
         effective_from=timestamp(card.effective_from),
-        rates=[
-            catalog_pb2.Rate(
-                product_id=rate.product_id,
-                group_values=dict(rate.group_values),
-                model=rate.model.value,
-                unit_price=format_decimal(rate.unit_price),
-                minimum=decimal_text(rate.minimum),
-                maximum=decimal_text(rate.maximum),
-            )
-            for rate in card.rates
-        ],
+        rates=[rate_message(rate) for rate in card.rates],
         consistency_token=seq,
     )
+
+
+def diff_message(diff: RateCardDiff) -> catalog_pb2.RateCardDiff:
+    def fields(changes: tuple[FieldChange, ...]) -> list[catalog_pb2.FieldChange]:
+        return [
+            catalog_pb2.FieldChange(field=c.field, before=c.before, after=c.after) for c in changes
+        ]
+
+    return catalog_pb2.RateCardDiff(
+        rate_card_id=diff.rate_card_id,
+        from_version=diff.from_version,
+        to_version=diff.to_version,
+        card_fields=fields(diff.card_fields),
+        rates=[
+            catalog_pb2.RateChange(
+                product_id=r.product_id,
+                group_values=dict(r.group_values),
+                change=r.change,
+                fields=fields(r.fields),
+            )
+            for r in diff.rates
+        ],
+    )
+
+
+def override_spec(message: contracts_pb2.Override) -> OverrideSpec:
+    return OverrideSpec(
+        override_id=message.override_id,
+        product_id=message.product_id,
+        kind=message.kind,
+        priority=message.priority,
+        starts_at=optional_datetime(message, "starts_at"),
+        ends_at=optional_datetime(message, "ends_at"),
+        multiplier=message.multiplier,
+        rate=rate_spec(message.rate) if message.HasField("rate") else None,
+    )
+
+
+def _override_message(override: Override) -> contracts_pb2.Override:
+    message = contracts_pb2.Override(
+        override_id=override.override_id,
+        product_id=override.product_id,
+        kind=override.kind.value,
+        priority=override.priority,
+        multiplier=decimal_text(override.multiplier),
+    )
+    if override.starts_at is not None:
+        message.starts_at.CopyFrom(timestamp(override.starts_at))
+    if override.ends_at is not None:
+        message.ends_at.CopyFrom(timestamp(override.ends_at))
+    if override.rate is not None:
+        message.rate.CopyFrom(rate_message(override.rate))
+    return message
 
 
 def contract_message(contract: Contract, seq: int = 0) -> contracts_pb2.Contract:
@@ -109,6 +221,7 @@ def contract_message(contract: Contract, seq: int = 0) -> contracts_pb2.Contract
         starts_at=timestamp(contract.starts_at),
         billing_anchor=timestamp(contract.billing_anchor),
         consistency_token=seq,
+        overrides=[_override_message(o) for o in contract.overrides],
     )
     if contract.ends_at is not None:
         message.ends_at.CopyFrom(timestamp(contract.ends_at))
@@ -130,6 +243,17 @@ def _line_message(line: InvoiceLine, currency: str) -> invoices_pb2.InvoiceLine:
         unit_price=format_decimal(line.unit_price),
         amount=money(line.amount, currency),
         explanation=line.explanation,
+        tiers=[
+            invoices_pb2.TierCharge(
+                up_to=decimal_text(t.up_to),
+                quantity=format_decimal(t.quantity),
+                unit_price=format_decimal(t.unit_price),
+                flat_fee=format_decimal(t.flat_fee),
+                amount=format_decimal(t.amount),
+            )
+            for t in line.tiers
+        ],
+        override_id=line.override_id,
     )
 
 
@@ -158,3 +282,16 @@ def invoice_message(invoice: Invoice, status: str, sha256: str) -> invoices_pb2.
             for u in invoice.unbilled
         ],
     )
+
+
+def usage_inputs(events: Iterable[usage_pb2.UsageEvent]) -> list[UsageInput]:
+    return [
+        UsageInput(
+            transaction_id=event.transaction_id,
+            customer_id=event.customer_id,
+            event_type=event.event_type,
+            occurred_at=optional_datetime(event, "timestamp"),
+            properties=dict(event.properties),
+        )
+        for event in events
+    ]

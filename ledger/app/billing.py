@@ -8,8 +8,8 @@ invoice's position sees exactly what finalization saw.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from psycopg import AsyncConnection
@@ -40,10 +40,11 @@ from ledger.core.events import (
     UsageRecorded,
 )
 from ledger.core.invoice import Invoice
-from ledger.core.metering import Tally, UsageKey, fold_usage
+from ledger.core.metering import Sequenced, Tally, UsageKey, fold_usage
 from ledger.core.periods import Period
 from ledger.core.rating import Catalog, Segment, pricing_segments, rate_invoice
 from ledger.store.event_store import read_stream_between, read_streams
+from ledger.store.records import StoredEvent
 
 Conn = AsyncConnection[TupleRow]
 
@@ -133,14 +134,30 @@ async def load_catalog(conn: Conn, versions: list[RateCardVersion], through_seq:
 
 
 async def plan_invoice(
-    conn: Conn, customer: CustomerState, contract_id: str, number: int, through_seq: int
+    conn: Conn,
+    customer: CustomerState,
+    contract_id: str,
+    number: int,
+    through_seq: int,
+    *,
+    pricing: RateCardVersion | None = None,
 ) -> InvoicePlan:
-    """Resolve an invoice's contract period, pricing segments and catalog."""
+    """Resolve an invoice's contract period, pricing segments and catalog.
+
+    ``pricing`` replaces the contract's rate card for the whole period: a
+    simulation of another version, or of a card that was never published.
+    """
     contract = customer.contracts.get(contract_id)
     period = contract_period(contract, number) if contract is not None else None
     if contract is None or period is None:
         raise DomainError(Rule.INVOICE_NOT_FOUND, f"no invoice {invoice_id(contract_id, number)!r}")
-    versions = await load_rate_card_versions(conn, contract.rate_card_id, through_seq)
+    if pricing is None:
+        versions = await load_rate_card_versions(conn, contract.rate_card_id, through_seq)
+    else:
+        versions = [pricing]
+        contract = replace(
+            contract, rate_card_id=pricing.rate_card_id, pinned_version=pricing.version
+        )
     assert versions, "a contract's rate card exists when the contract is created"
     return InvoicePlan(
         invoice_id=invoice_id(contract_id, number),
@@ -162,10 +179,14 @@ async def replay_invoice(conn: Conn, ref: str, through_seq: int) -> Invoice:
     stored = await read_stream_between(
         conn, usage_stream(customer_id), (plan.period.start, plan.period.end), (0, through_seq)
     )
-    usage = []
-    for row in stored:
+    metrics = plan.catalog.metrics.values()
+    tallies = fold_usage(sequenced(stored), metrics, plan.segment_starts, plan.period.end)
+    return plan.price(tallies)
+
+
+def sequenced(rows: Iterable[StoredEvent]) -> Iterator[Sequenced]:
+    """Usage rows as events with their ledger positions, ready to fold."""
+    for row in rows:
         event = row.domain_event()
         assert isinstance(event, UsageRecorded)
-        usage.append(event)
-    tallies = fold_usage(usage, plan.catalog.metrics.values(), plan.segment_starts, plan.period.end)
-    return plan.price(tallies)
+        yield Sequenced(row.seq, event)

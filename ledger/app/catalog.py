@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 
 from ledger.app.commands import Command, Write, run_command
 from ledger.app.context import RequestContext
@@ -17,21 +16,15 @@ from ledger.core.catalog import (
     FilterOp,
     Product,
     PropertyFilter,
-    Rate,
     RateCardVersion,
-    RateModel,
 )
 from ledger.core.codec import encode
-from ledger.core.errors import DomainError, Rule, Violations
+from ledger.core.errors import DomainError, Rule, Violations, invalid
 from ledger.core.events import BillableMetricCreated, ProductCreated, RateCardPublished
 from ledger.core.money import currency_decimals
-from ledger.core.validation import (
-    check_id,
-    check_metric,
-    check_price,
-    check_rate_model,
-    check_text,
-)
+from ledger.core.rate_diff import RateCardDiff, diff_versions
+from ledger.core.rate_specs import RateContext, RateSpec, check_rates, parse_rate
+from ledger.core.validation import check_id, check_metric, check_text
 from ledger.store.event_store import PostgresEventStore
 
 
@@ -67,23 +60,17 @@ class MetricInput:
 
 
 @dataclass(frozen=True)
-class RateInput:
-    product_id: str
-    model: str
-    unit_price: str
-    group_values: Mapping[str, str] = field(default_factory=dict)
-    minimum: str = ""
-    maximum: str = ""
-
-
-@dataclass(frozen=True)
 class RateCardInput:
     rate_card_id: str
     name: str
     currency: str
     currency_decimals: int | None
     effective_from: datetime | None
-    rates: Sequence[RateInput]
+    rates: Sequence[RateSpec]
+
+
+PAGE_SIZE_DEFAULT = 50
+PAGE_SIZE_MAX = 500
 
 
 class CatalogCommands:
@@ -110,9 +97,11 @@ class CatalogCommands:
             violations = Violations()
             check_id(violations, "product.product_id", product.product_id)
             check_text(violations, "product.name", product.name)
-            check_id(violations, "product.metric_id", product.metric_id)
+            if product.metric_id:  # none for products sold by flat fee or percentage
+                check_id(violations, "product.metric_id", product.metric_id)
             violations.raise_if_any()
-            if not await self._store.stream_versions([metric_stream(product.metric_id)]):
+            metric = metric_stream(product.metric_id)
+            if product.metric_id and not await self._store.stream_versions([metric]):
                 violations.add("product.metric_id", f"unknown metric {product.metric_id!r}")
                 violations.raise_if_any()
             return [Write(product_stream(product.product_id), ProductCreated(product), 0)]
@@ -128,69 +117,97 @@ class CatalogCommands:
         """Publish the next immutable version of a rate card."""
 
         async def decide() -> list[Write]:
-            violations = Violations()
-            check_id(violations, "rate_card_id", cmd.rate_card_id)
-            check_text(violations, "name", cmd.name)
-            decimals = _decimals(violations, cmd)
-            await self._check_rates(violations, cmd.rates)
-            violations.raise_if_any()
-            assert decimals is not None
+            card = await self.draft_rate_card(cmd)
             stream = rate_card_stream(cmd.rate_card_id)
-            current = (await self._store.stream_versions([stream])).get(stream, 0)
-            card = RateCardVersion(
-                rate_card_id=cmd.rate_card_id,
-                version=current + 1,
-                name=cmd.name,
-                currency=cmd.currency,
-                currency_decimals=decimals,
-                effective_from=cmd.effective_from or self._clock(),
-                rates=tuple(_rate(r) for r in cmd.rates),
-            )
-            return [Write(stream, RateCardPublished(card), current)]
+            return [Write(stream, RateCardPublished(card), card.version - 1)]
 
         command = Command("PublishRateCard", encode(cmd), Rule.STREAM_VERSION_CONFLICT)
         event, seq = await run_command(self._store, ctx, command, decide, self._clock())
         assert isinstance(event, RateCardPublished)
         return event.rate_card, seq
 
+    async def draft_rate_card(self, cmd: RateCardInput) -> RateCardVersion:
+        """The version a publish would create, validated, without writing anything."""
+        violations = Violations()
+        check_id(violations, "rate_card_id", cmd.rate_card_id)
+        check_text(violations, "name", cmd.name)
+        decimals = _decimals(violations, cmd)
+        product_ids = [r.product_id for r in cmd.rates]
+        check_rates(violations, cmd.rates, await rate_context(self._store, product_ids))
+        published = await self._versions(cmd.rate_card_id)
+        if published and published[0].currency != cmd.currency:
+            # Contracts bill in their card's currency; a new version cannot switch it.
+            violations.add("currency", f"rate card is in {published[0].currency}")
+        violations.raise_if_any()
+        assert decimals is not None
+        return RateCardVersion(
+            rate_card_id=cmd.rate_card_id,
+            version=len(published) + 1,
+            name=cmd.name,
+            currency=cmd.currency,
+            currency_decimals=decimals,
+            effective_from=cmd.effective_from or self._clock(),
+            rates=tuple(parse_rate(r) for r in cmd.rates),
+        )
+
     async def get_rate_card(self, rate_card_id: str, version: int) -> RateCardVersion:
         """A published version (0: the newest)."""
-        events = await self._store.read_streams([rate_card_stream(rate_card_id)])
-        if not events:
+        versions = await self._versions(rate_card_id)
+        if not versions:
             raise DomainError(Rule.RATE_CARD_NOT_FOUND, f"no rate card {rate_card_id!r}")
-        chosen = (
-            events[-1]
-            if version == 0
-            else next((e for e in events if e.stream_version == version), None)
-        )
-        if chosen is None:
-            raise DomainError(
-                Rule.RATE_CARD_VERSION_NOT_FOUND,
-                f"rate card {rate_card_id!r} has no version {version}",
-            )
-        event = chosen.domain_event()
-        assert isinstance(event, RateCardPublished)
-        return event.rate_card
+        if version == 0:
+            return versions[-1]
+        if not 1 <= version <= len(versions):
+            message = f"rate card {rate_card_id!r} has no version {version}"
+            raise DomainError(Rule.RATE_CARD_VERSION_NOT_FOUND, message)
+        return versions[version - 1]
 
-    async def _check_rates(self, violations: Violations, rates: Sequence[RateInput]) -> None:
-        if not rates:
-            violations.add("rates", "a rate card needs at least one rate")
-        streams = {product_stream(r.product_id) for r in rates}
-        known = await self._store.stream_versions(streams)
-        seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-        for i, rate in enumerate(rates):
-            where = f"rates[{i}]"
-            if product_stream(rate.product_id) not in known:
-                violations.add(f"{where}.product_id", f"unknown product {rate.product_id!r}")
-            check_rate_model(violations, f"{where}.model", rate.model)
-            check_price(violations, f"{where}.unit_price", rate.unit_price, required=True)
-            check_price(violations, f"{where}.minimum", rate.minimum, required=False)
-            check_price(violations, f"{where}.maximum", rate.maximum, required=False)
-            _check_min_max(violations, where, rate)
-            identity = (rate.product_id, tuple(sorted(rate.group_values.items())))
-            if identity in seen:
-                violations.add(where, "repeats the rate of an earlier entry for the same groups")
-            seen.add(identity)
+    async def list_rate_card_versions(
+        self, rate_card_id: str, page_size: int, page_token: str
+    ) -> tuple[list[RateCardVersion], str]:
+        """Versions in order, a page at a time; the token is the last version returned."""
+        versions = await self._versions(rate_card_id)
+        if not versions:
+            raise DomainError(Rule.RATE_CARD_NOT_FOUND, f"no rate card {rate_card_id!r}")
+        if page_token and not page_token.isdigit():
+            raise invalid("page_token", "is not a token this service issued")
+        after = int(page_token) if page_token else 0
+        size = min(page_size or PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)
+        page = versions[after : after + size]
+        more = after + size < len(versions)
+        return page, str(after + size) if more else ""
+
+    async def diff_rate_card_versions(
+        self, rate_card_id: str, from_version: int, to_version: int
+    ) -> RateCardDiff:
+        """What changes between two versions."""
+        before = await self.get_rate_card(rate_card_id, from_version)
+        after = await self.get_rate_card(rate_card_id, to_version)
+        return diff_versions(before, after)
+
+    async def _versions(self, rate_card_id: str) -> list[RateCardVersion]:
+        versions = []
+        for stored in await self._store.read_streams([rate_card_stream(rate_card_id)]):
+            event = stored.domain_event()
+            assert isinstance(event, RateCardPublished)
+            versions.append(event.rate_card)
+        return versions
+
+
+async def rate_context(store: PostgresEventStore, product_ids: Iterable[str]) -> RateContext:
+    """The named products, and their metrics, as the ledger has them now."""
+    products = {}
+    for stored in await store.read_streams([product_stream(p) for p in set(product_ids)]):
+        event = stored.domain_event()
+        assert isinstance(event, ProductCreated)
+        products[event.product.product_id] = event.product
+    metric_streams = [metric_stream(p.metric_id) for p in products.values() if p.metric_id]
+    metrics = {}
+    for stored in await store.read_streams(metric_streams):
+        created = stored.domain_event()
+        assert isinstance(created, BillableMetricCreated)
+        metrics[created.metric.metric_id] = created.metric
+    return RateContext(products, metrics)
 
 
 def _metric(cmd: MetricInput) -> BillableMetric:
@@ -223,23 +240,3 @@ def _decimals(violations: Violations, cmd: RateCardInput) -> int | None:
     except DomainError as error:
         violations.items.extend(error.violations)
         return None
-
-
-def _check_min_max(violations: Violations, where: str, rate: RateInput) -> None:
-    try:
-        low, high = Decimal(rate.minimum), Decimal(rate.maximum)
-    except ArithmeticError:
-        return
-    if low > high:
-        violations.add(f"{where}.maximum", "must not be below the minimum")
-
-
-def _rate(rate: RateInput) -> Rate:
-    return Rate(
-        product_id=rate.product_id,
-        model=RateModel(rate.model),
-        unit_price=Decimal(rate.unit_price),
-        group_values=dict(rate.group_values),
-        minimum=Decimal(rate.minimum) if rate.minimum else None,
-        maximum=Decimal(rate.maximum) if rate.maximum else None,
-    )

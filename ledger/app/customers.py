@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
+from ledger.app.catalog import rate_context
 from ledger.app.commands import Command, Write, run_command
 from ledger.app.context import RequestContext
 from ledger.app.streams import contract_stream, customer_stream, rate_card_stream
 from ledger.core.billing import CustomerState, evolve
-from ledger.core.catalog import Contract
+from ledger.core.catalog import Contract, Override, OverrideKind
 from ledger.core.codec import encode
 from ledger.core.errors import DomainError, Rule, Violations
 from ledger.core.events import (
@@ -19,8 +22,22 @@ from ledger.core.events import (
     CustomerCreated,
     RateCardPublished,
 )
+from ledger.core.money import is_decimal_text
+from ledger.core.rate_specs import RateContext, RateSpec, check_rate, parse_rate
 from ledger.core.validation import check_id, check_text
 from ledger.store.event_store import PostgresEventStore
+
+
+@dataclass(frozen=True)
+class OverrideSpec:
+    override_id: str
+    product_id: str
+    kind: str
+    priority: int = 0
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    multiplier: str = ""
+    rate: RateSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -32,6 +49,8 @@ class ContractInput:
     starts_at: datetime | None
     ends_at: datetime | None
     billing_anchor: datetime | None
+    currency: str = ""
+    overrides: Sequence[OverrideSpec] = ()
 
 
 class CustomerCommands:
@@ -66,7 +85,7 @@ class CustomerCommands:
         async def decide() -> list[Write]:
             contract = _contract(cmd)
             state = await self.customer(cmd.customer_id)
-            await self._check_rate_card(contract)
+            await self._check_rate_card(contract, cmd)
             if await self._store.stream_versions([contract_stream(cmd.contract_id)]):
                 raise DomainError(Rule.CONTRACT_EXISTS, f"contract {cmd.contract_id!r} exists")
             for other in state.contracts.values():
@@ -100,15 +119,65 @@ class CustomerCommands:
             raise DomainError(Rule.CONTRACT_NOT_FOUND, f"customer has no contract {contract_id!r}")
         return state.contracts[contract_id]
 
-    async def _check_rate_card(self, contract: Contract) -> None:
+    async def _check_rate_card(self, contract: Contract, cmd: ContractInput) -> None:
+        """The card exists (and the pinned version), in the contract's currency, and the
+        overrides name real products with valid prices."""
         events = await self._store.read_streams([rate_card_stream(contract.rate_card_id)])
         violations = Violations()
         if not events:
             violations.add("contract.rate_card_id", f"unknown rate card {contract.rate_card_id!r}")
         elif contract.pinned_version is not None and contract.pinned_version > len(events):
             violations.add("contract.pinned_version", f"rate card has {len(events)} versions")
+        if events:
+            first = events[0].domain_event()
+            assert isinstance(first, RateCardPublished)
+            if cmd.currency and cmd.currency != first.rate_card.currency:
+                message = f"the rate card bills in {first.rate_card.currency}, not {cmd.currency}"
+                violations.add("contract.currency", message)
+        context = await rate_context(self._store, [o.product_id for o in cmd.overrides])
+        for i, override in enumerate(cmd.overrides):
+            check_override(violations, f"contract.overrides[{i}]", override, context)
         violations.raise_if_any()
-        assert isinstance(events[0].domain_event(), RateCardPublished)
+
+
+def check_override(
+    violations: Violations, where: str, override: OverrideSpec, context: RateContext
+) -> None:
+    """An override names a known product, a kind, a valid factor or rate, and a window."""
+    check_id(violations, f"{where}.override_id", override.override_id)
+    if override.product_id not in context.products:
+        violations.add(f"{where}.product_id", f"unknown product {override.product_id!r}")
+    if override.starts_at and override.ends_at and override.ends_at <= override.starts_at:
+        violations.add(f"{where}.ends_at", "must be after starts_at")
+    if override.kind == OverrideKind.MULTIPLIER.value:
+        if not is_decimal_text(override.multiplier) or override.multiplier.startswith("-"):
+            violations.add(f"{where}.multiplier", "must be a non-negative decimal, e.g. 0.9")
+    elif override.kind == OverrideKind.OVERWRITE.value:
+        if override.rate is None:
+            violations.add(f"{where}.rate", "an overwrite needs the rate that replaces the card's")
+        else:
+            rate = dataclasses.replace(override.rate, product_id=override.product_id)
+            check_rate(violations, f"{where}.rate", rate, context, {rate.product_id: rate})
+    else:
+        violations.add(f"{where}.kind", "must be 'overwrite' or 'multiplier'")
+
+
+def _override(spec: OverrideSpec) -> Override:
+    kind = OverrideKind(spec.kind)
+    return Override(
+        override_id=spec.override_id,
+        product_id=spec.product_id,
+        kind=kind,
+        priority=spec.priority,
+        starts_at=spec.starts_at,
+        ends_at=spec.ends_at,
+        multiplier=Decimal(spec.multiplier) if kind is OverrideKind.MULTIPLIER else None,
+        rate=(
+            parse_rate(dataclasses.replace(spec.rate, product_id=spec.product_id))
+            if kind is OverrideKind.OVERWRITE and spec.rate is not None
+            else None
+        ),
+    )
 
 
 def _ids(cmd: ContractInput) -> dict[str, str]:
@@ -124,6 +193,8 @@ def _contract(cmd: ContractInput) -> Contract:
         violations.add("contract.starts_at", "is required")
     elif cmd.ends_at is not None and cmd.ends_at <= cmd.starts_at:
         violations.add("contract.ends_at", "must be after starts_at")
+    if len({o.override_id for o in cmd.overrides}) != len(cmd.overrides):
+        violations.add("contract.overrides", "override ids must be unique")
     if cmd.pinned_version is not None and cmd.pinned_version < 1:
         violations.add("contract.pinned_version", "must be 1 or more (0 follows the latest)")
     violations.raise_if_any()
@@ -136,6 +207,7 @@ def _contract(cmd: ContractInput) -> Contract:
         starts_at=cmd.starts_at,
         ends_at=cmd.ends_at,
         billing_anchor=cmd.billing_anchor or cmd.starts_at,
+        overrides=tuple(_override(o) for o in cmd.overrides),
     )
 
 

@@ -142,6 +142,8 @@ def _non_decimal_quantity(item: UsageInput, metrics: Iterable[BillableMetric]) -
     )
     for metric in metrics:
         name = metric.property
-        if name and not is_decimal_text(item.properties.get(name, "0")) and matches(metric, probe):
+        if not (name and metric.aggregation.needs_number):
+            continue
+        if not is_decimal_text(item.properties.get(name, "0")) and matches(metric, probe):
             return f"property {name!r} must be a decimal number (metric {metric.metric_id})"
     return None

@@ -21,6 +21,23 @@ GroupKey = tuple[str, ...]
 UsageKey = tuple[datetime, str, GroupKey]
 
 
+@dataclass(frozen=True, order=True)
+class Latest:
+    """The value of the latest event: greatest timestamp, then greatest ledger seq."""
+
+    occurred_at: datetime
+    seq: int
+    value: Decimal
+
+
+@dataclass(frozen=True)
+class Sequenced:
+    """A usage event with its ledger position (LATEST breaks timestamp ties by it)."""
+
+    seq: int
+    event: UsageRecorded
+
+
 @dataclass(frozen=True)
 class Tally:
     """Aggregation state of some usage events for one metric and group."""
@@ -29,17 +46,22 @@ class Tally:
     total: Decimal = Decimal(0)
     maximum: Decimal | None = None
     unbilled: Mapping[str, int] = field(default_factory=dict)
+    distinct: frozenset[str] = frozenset()
+    latest: Latest | None = None
 
     def merge(self, other: Tally) -> Tally:
         unbilled = dict(self.unbilled)
         for reason, count in other.unbilled.items():
             unbilled[reason] = unbilled.get(reason, 0) + count
         maxima = [m for m in (self.maximum, other.maximum) if m is not None]
+        latest = [x for x in (self.latest, other.latest) if x is not None]
         return Tally(
             count=self.count + other.count,
             total=EXACT.add(self.total, other.total),
             maximum=max(maxima) if maxima else None,
             unbilled=unbilled,
+            distinct=self.distinct | other.distinct,
+            latest=max(latest) if latest else None,
         )
 
     def quantity(self, aggregation: Aggregation) -> Decimal:
@@ -47,6 +69,10 @@ class Tally:
             return Decimal(self.count)
         if aggregation is Aggregation.SUM:
             return self.total
+        if aggregation is Aggregation.UNIQUE:
+            return Decimal(len(self.distinct))
+        if aggregation is Aggregation.LATEST:
+            return self.latest.value if self.latest is not None else Decimal(0)
         return self.maximum if self.maximum is not None else Decimal(0)
 
 
@@ -62,8 +88,8 @@ def group_of(metric: BillableMetric, properties: Mapping[str, str]) -> GroupKey:
     return tuple(properties.get(name, "") for name in metric.group_by)
 
 
-def measure(metric: BillableMetric, usage: UsageRecorded) -> Tally | None:
-    """The tally of one event for one metric, or None when it does not match."""
+def measure(metric: BillableMetric, usage: UsageRecorded, seq: int = 0) -> Tally | None:
+    """The tally of one event (at ledger position ``seq``) for one metric, or None."""
     if not matches(metric, usage):
         return None
     if not metric.aggregation.needs_property:
@@ -72,9 +98,17 @@ def measure(metric: BillableMetric, usage: UsageRecorded) -> Tally | None:
     raw = usage.properties.get(metric.property)
     if raw is None:
         return Tally(unbilled={f"missing property '{metric.property}'": 1})
+    return _measure_value(metric, raw, usage.occurred_at, seq)
+
+
+def _measure_value(metric: BillableMetric, raw: str, occurred_at: datetime, seq: int) -> Tally:
+    if metric.aggregation is Aggregation.UNIQUE:
+        return Tally(count=1, distinct=frozenset((raw,)))
     if not is_decimal_text(raw):
         return Tally(unbilled={f"property '{metric.property}' is not a number": 1})
     value = Decimal(raw)
+    if metric.aggregation is Aggregation.LATEST:
+        return Tally(count=1, latest=Latest(occurred_at, seq, value))
     return Tally(count=1, total=value, maximum=value)
 
 
@@ -88,22 +122,27 @@ def segment_start_for(segment_starts: Sequence[datetime], instant: datetime) -> 
 
 
 def fold_usage(
-    events: Iterable[UsageRecorded],
+    events: Iterable[UsageRecorded | Sequenced],
     metrics: Iterable[BillableMetric],
     segment_starts: Sequence[datetime],
     period_end: datetime,
 ) -> dict[UsageKey, Tally]:
-    """Fold raw usage events of one customer into tallies per segment, metric and group."""
+    """Fold raw usage events of one customer into tallies per segment, metric and group.
+
+    Events read from the ledger come :class:`Sequenced`, so LATEST can break
+    timestamp ties by ledger order; bare events count as position 0.
+    """
     metric_list = list(metrics)
     tallies: dict[UsageKey, Tally] = {}
-    for usage in events:
+    for item in events:
+        seq, usage = (item.seq, item.event) if isinstance(item, Sequenced) else (0, item)
         if usage.occurred_at >= period_end:
             continue
         start = segment_start_for(segment_starts, usage.occurred_at)
         if start is None:
             continue
         for metric in metric_list:
-            tally = measure(metric, usage)
+            tally = measure(metric, usage, seq)
             if tally is None:
                 continue
             key = (start, metric.metric_id, group_of(metric, usage.properties))

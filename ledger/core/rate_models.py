@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
 
 from ledger.core.catalog import PackageRounding, Rate, RateModel, Tier
 from ledger.core.money import EXACT
@@ -41,6 +41,7 @@ class Proration:
 
 
 FULL_PERIOD = Proration(1, 1)
+SHOWN_PLACES_MAX = 12
 
 
 def whole_days(start: datetime, end: datetime) -> int:
@@ -93,11 +94,11 @@ def charge(rate: Rate, quantity: Decimal, proration: Proration = FULL_PERIOD) ->
         return package(rate, quantity)
     if model is RateModel.FLAT:
         exact = proration.apply(rate.flat_amount)
-        return Charge(exact, f"flat {rate.flat_amount}{_prorated(proration)} = {exact}")
+        return Charge(exact, f"flat {rate.flat_amount}{_prorated(proration)} = {shown(exact)}")
     if model is RateModel.SEAT:
         seats = EXACT.multiply(quantity, rate.unit_price)
         exact = proration.apply(seats)
-        steps = f"{quantity} seats × {rate.unit_price}{_prorated(proration)} = {exact}"
+        steps = f"{quantity} seats × {rate.unit_price}{_prorated(proration)} = {shown(exact)}"
         return Charge(exact, steps)
     raise AssertionError(f"{model} is priced from other lines, not from a quantity")
 
@@ -105,7 +106,7 @@ def charge(rate: Rate, quantity: Decimal, proration: Proration = FULL_PERIOD) ->
 def percentage(rate: Rate, base: Decimal, base_products: tuple[str, ...]) -> Charge:
     """``percent`` % of ``base``, the summed amounts of the products it refers to."""
     exact = EXACT.divide(EXACT.multiply(base, rate.percent), Decimal(100))
-    steps = f"{rate.percent}% of {base} ({' + '.join(base_products)}) = {exact}"
+    steps = f"{rate.percent}% of {base} ({' + '.join(base_products)}) = {shown(exact)}"
     return Charge(exact, steps)
 
 
@@ -148,6 +149,14 @@ def package(rate: Rate, quantity: Decimal) -> Charge:
         f" packages × {rate.unit_price} = {exact}"
     )
     return Charge(exact, steps)
+
+
+def shown(value: Decimal) -> str:
+    """A value for an explanation: exact, or cut at 12 places with an ellipsis."""
+    if value.as_tuple().exponent >= -SHOWN_PLACES_MAX:  # type: ignore[operator]
+        return format(value, "f")
+    cut = value.quantize(Decimal(1).scaleb(-SHOWN_PLACES_MAX), rounding=ROUND_DOWN)
+    return f"{cut:f}…"
 
 
 def _tier_steps(uses: list[TierUse], total: Decimal) -> str:

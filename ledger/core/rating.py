@@ -99,8 +99,12 @@ def _same_prices(
 
 
 def canonical_quantity(value: Decimal) -> Decimal:
-    """The value without trailing zeros (``8.0`` → ``8``)."""
-    return value.normalize(EXACT) if value else Decimal(0)
+    """The value without trailing zeros and without an exponent (``8.0`` → ``8``)."""
+    if not value:
+        return Decimal(0)
+    normal = value.normalize(EXACT)
+    # normalize() writes 100 as 1E+2; a whole number keeps its digits.
+    return normal.quantize(Decimal(1)) if normal.as_tuple().exponent > 0 else normal  # type: ignore[operator]
 
 
 @dataclass(frozen=True)
@@ -153,20 +157,15 @@ def rate_invoice(
     """Price a contract period's usage into an invoice."""
     currency, decimals = rate_card_currency
     billing_period = period_containing(contract.billing_anchor, period.start)
-    days_in_period = whole_days(billing_period.start, billing_period.end)
-    lines: list[InvoiceLine] = []
+    pricer = _Pricer(contract, catalog, decimals, whole_days(*_span(billing_period)), usage)
     unbilled: Counter[tuple[str, str]] = Counter()
     for segment in segments:
-        seg_usage = {(m, g): t for (s, m, g), t in usage.items() if s == segment.period.start}
+        seg_usage = pricer.segment_usage(segment)
         if segment.rate_card is None:
             _count_unbilled_without_version(seg_usage, unbilled)
-            continue
-        days = whole_days(segment.period.start, segment.period.end)
-        pricing = _SegmentPricing(
-            segment, segment.rate_card, contract, catalog, decimals, Proration(days, days_in_period)
-        )
-        lines.extend(pricing.lines(seg_usage, unbilled))
-        _count_unbilled(pricing.metric_ids(), seg_usage, unbilled)
+        else:
+            _count_unbilled(_metric_ids(segment.rate_card, catalog), seg_usage, unbilled)
+    lines = pricer.lines(segments, unbilled)
     subtotal = sum((line.amount for line in lines), zero(decimals))
     versions = sorted({s.rate_card.version for s in segments if s.rate_card is not None})
     return Invoice(
@@ -193,54 +192,110 @@ def rate_invoice(
 
 
 @dataclass(frozen=True)
-class _SegmentPricing:
-    segment: Segment
-    card: RateCardVersion
-    contract: Contract
-    catalog: Catalog
-    decimals: int
-    proration: Proration
+class _Run:
+    """Consecutive segments over which one product's price does not change.
 
-    def metric_ids(self) -> set[str]:
-        """The metrics measuring the products on this segment's card."""
-        products = (self.catalog.products[p] for p in self.card.product_ids)
-        return {p.metric_id for p in products if p.metric_id}
+    A product is priced once per run, so a price change of *another* product
+    (or an identical republished card) never splits its line, its rounding or
+    its minimum.
+    """
+
+    start: datetime
+    end: datetime
+    card: RateCardVersion
+    override: Override | None
+    segments: tuple[Segment, ...]
+
+
+def _span(period: Period) -> tuple[datetime, datetime]:
+    return period.start, period.end
+
+
+def _metric_ids(card: RateCardVersion, catalog: Catalog) -> set[str]:
+    """The metrics measuring the products on a card."""
+    products = (catalog.products[p] for p in card.product_ids)
+    return {p.metric_id for p in products if p.metric_id}
+
+
+class _Pricer:
+    def __init__(
+        self,
+        contract: Contract,
+        catalog: Catalog,
+        decimals: int,
+        days_in_period: int,
+        usage: Mapping[UsageKey, Tally],
+    ) -> None:
+        self._contract = contract
+        self._catalog = catalog
+        self._decimals = decimals
+        self._days_in_period = days_in_period
+        self._usage = usage
+
+    def segment_usage(self, segment: Segment) -> dict[tuple[str, GroupKey], Tally]:
+        start = segment.period.start
+        return {(m, g): t for (s, m, g), t in self._usage.items() if s == start}
 
     def lines(
-        self, seg_usage: Mapping[tuple[str, GroupKey], Tally], unbilled: Counter[tuple[str, str]]
+        self, segments: Sequence[Segment], unbilled: Counter[tuple[str, str]]
     ) -> list[InvoiceLine]:
         """Usage and flat lines first, then percentages of them."""
+        product_ids = sorted({p for s in segments if s.rate_card for p in s.rate_card.product_ids})
         lines: list[InvoiceLine] = []
-        percentages: list[tuple[Product, Rate]] = []
-        for product_id in sorted(self.card.product_ids):
-            product = self.catalog.products[product_id]
-            rate = self._rate(product_id, {})
-            if rate is not None and rate.model is RateModel.PERCENTAGE:
-                percentages.append((product, rate))
-            elif not product.metric_id:
-                if rate is not None:
-                    lines.append(self._line(product, None, {}, Decimal(1), rate))
-            else:
-                lines.extend(self._usage_lines(product, seg_usage, unbilled))
-        for product, rate in percentages:
-            lines.append(self._percentage_line(product, rate, lines))
+        percentage_runs: list[tuple[Product, _Run]] = []
+        for product_id in product_ids:
+            product = self._catalog.products[product_id]
+            for run in self._runs(product_id, segments):
+                rate = self._rate(run, product_id, {})
+                if rate is not None and rate.model is RateModel.PERCENTAGE:
+                    percentage_runs.append((product, run))
+                elif not product.metric_id:
+                    if rate is not None:
+                        lines.append(
+                            self._line(run, _LineFacts(product, None, {}, Decimal(1), rate))
+                        )
+                else:
+                    lines.extend(self._usage_lines(run, product, unbilled))
+        for product, run in percentage_runs:
+            lines.append(self._percentage_line(run, product, lines))
         return lines
 
+    def _runs(self, product_id: str, segments: Sequence[Segment]) -> list[_Run]:
+        runs: list[_Run] = []
+        for segment in segments:
+            card = segment.rate_card
+            if card is None or product_id not in card.product_ids:
+                continue
+            start, end = _span(segment.period)
+            override = self._contract.override_for(product_id, start, end)
+            previous = runs[-1] if runs else None
+            if (
+                previous is not None
+                and previous.end == start
+                and _same_price(previous, card, override, product_id)
+            ):
+                merged = (*previous.segments, segment)
+                runs[-1] = _Run(previous.start, end, previous.card, override, merged)
+            else:
+                runs.append(_Run(start, end, card, override, (segment,)))
+        return runs
+
     def _usage_lines(
-        self,
-        product: Product,
-        seg_usage: Mapping[tuple[str, GroupKey], Tally],
-        unbilled: Counter[tuple[str, str]],
+        self, run: _Run, product: Product, unbilled: Counter[tuple[str, str]]
     ) -> list[InvoiceLine]:
         """A line per observed group; one zero line for a product without usage."""
-        metric = self.catalog.metrics[product.metric_id]
-        observed = sorted(g for (m, g) in seg_usage if m == metric.metric_id)
-        groups: Sequence[GroupKey | None] = observed or [None]
+        metric = self._catalog.metrics[product.metric_id]
+        tallies: dict[GroupKey, Tally] = {}
+        for segment in run.segments:
+            for (metric_id, key), part in self.segment_usage(segment).items():
+                if metric_id == metric.metric_id:
+                    tallies[key] = tallies[key].merge(part) if key in tallies else part
+        groups: Sequence[GroupKey | None] = sorted(tallies) or [None]
         lines = []
         for group in groups:
-            tally = Tally() if group is None else seg_usage[(metric.metric_id, group)]
+            tally = Tally() if group is None else tallies[group]
             values = {} if group is None else dict(zip(metric.group_by, group, strict=True))
-            rate = self._rate(product.product_id, values)
+            rate = self._rate(run, product.product_id, values)
             if rate is None:
                 reason = f"no rate for {product.product_id} with {values}"
                 unbilled[(metric.metric_id, reason)] += tally.count
@@ -248,86 +303,78 @@ class _SegmentPricing:
             # One representation per value ("8", not "8.0"), so a draft summed in the
             # database and a replay summed here render identically.
             quantity = canonical_quantity(tally.quantity(metric.aggregation))
-            lines.append(self._line(product, metric, values, quantity, rate))
+            lines.append(self._line(run, _LineFacts(product, metric, values, quantity, rate)))
         return lines
 
-    def _rate(self, product_id: str, values: Mapping[str, str]) -> Rate | None:
-        override = self._override(product_id)
-        if override is not None and override.kind is OverrideKind.OVERWRITE:
-            return override.rate
-        return self.card.rate_for(product_id, values)
+    def _rate(self, run: _Run, product_id: str, values: Mapping[str, str]) -> Rate | None:
+        if run.override is not None and run.override.kind is OverrideKind.OVERWRITE:
+            return run.override.rate
+        return run.card.rate_for(product_id, values)
 
-    def _override(self, product_id: str) -> Override | None:
-        period = self.segment.period
-        return self.contract.override_for(product_id, period.start, period.end)
-
-    def _line(
-        self,
-        product: Product,
-        metric: BillableMetric | None,
-        values: dict[str, str],
-        quantity: Decimal,
-        rate: Rate,
-    ) -> InvoiceLine:
-        override = self._override(product.product_id)
-        exact = charge(rate, quantity, self.proration)
-        priced = finish_line(rate, exact, self.decimals, override)
-        return self._invoice_line(
-            product,
-            metric=metric,
-            values=values,
-            quantity=quantity,
-            rate=rate,
-            priced=priced,
-            override=override,
-        )
+    def _line(self, run: _Run, facts: _LineFacts) -> InvoiceLine:
+        proration = Proration(whole_days(run.start, run.end), self._days_in_period)
+        exact = charge(facts.rate, facts.quantity, proration)
+        priced = finish_line(facts.rate, exact, self._decimals, run.override)
+        return self._invoice_line(run, facts, priced)
 
     def _percentage_line(
-        self, product: Product, rate: Rate, lines: Sequence[InvoiceLine]
+        self, run: _Run, product: Product, lines: Sequence[InvoiceLine]
     ) -> InvoiceLine:
-        base_lines = [line for line in lines if line.product_id in rate.percent_of]
+        rate = self._rate(run, product.product_id, {})
+        assert rate is not None
+        base_lines = [
+            line
+            for line in lines
+            if line.product_id in rate.percent_of and run.start <= line.segment_start < run.end
+        ]
         base = sum((line.amount for line in base_lines), Decimal(0))
         exact = percentage(rate, base, tuple(sorted({li.product_id for li in base_lines})))
-        override = self._override(product.product_id)
-        priced = finish_line(rate, exact, self.decimals, override)
-        return self._invoice_line(
-            product,
-            metric=None,
-            values={},
-            quantity=base,
-            rate=rate,
-            priced=priced,
-            override=override,
-        )
+        priced = finish_line(rate, exact, self._decimals, run.override)
+        return self._invoice_line(run, _LineFacts(product, None, {}, base, rate), priced)
 
-    def _invoice_line(
-        self,
-        product: Product,
-        *,
-        metric: BillableMetric | None,
-        values: dict[str, str],
-        quantity: Decimal,
-        rate: Rate,
-        priced: PricedLine,
-        override: Override | None,
-    ) -> InvoiceLine:
+    @staticmethod
+    def _invoice_line(run: _Run, facts: _LineFacts, priced: PricedLine) -> InvoiceLine:
         return InvoiceLine(
-            product_id=product.product_id,
-            product_name=product.name,
-            metric_id=metric.metric_id if metric is not None else "",
-            group_values=values,
-            rate_card_id=self.card.rate_card_id,
-            rate_card_version=self.card.version,
-            segment_start=self.segment.period.start,
-            segment_end=self.segment.period.end,
-            model=rate.model,
-            quantity=quantity,
-            unit_price=rate.unit_price,
+            product_id=facts.product.product_id,
+            product_name=facts.product.name,
+            metric_id=facts.metric.metric_id if facts.metric is not None else "",
+            group_values=facts.values,
+            rate_card_id=run.card.rate_card_id,
+            rate_card_version=run.card.version,
+            segment_start=run.start,
+            segment_end=run.end,
+            model=facts.rate.model,
+            quantity=facts.quantity,
+            unit_price=facts.rate.unit_price,
             amount=priced.amount,
             explanation=priced.explanation,
             tiers=priced.charge.tiers,
-            override_id=override.override_id if override is not None else "",
+            override_id=run.override.override_id if run.override is not None else "",
         )
+
+
+@dataclass(frozen=True)
+class _LineFacts:
+    product: Product
+    metric: BillableMetric | None
+    values: dict[str, str]
+    quantity: Decimal
+    rate: Rate
+
+
+def _same_price(
+    run: _Run, card: RateCardVersion, override: Override | None, product_id: str
+) -> bool:
+    """Whether a product costs the same under the run's card and ``card``."""
+
+    def rates(c: RateCardVersion) -> tuple[Rate, ...]:
+        return tuple(r for r in c.rates if r.product_id == product_id)
+
+    same_unit = (run.card.currency, run.card.currency_decimals) == (
+        card.currency,
+        card.currency_decimals,
+    )
+    return same_unit and run.override == override and rates(run.card) == rates(card)
 
 
 def _count_unbilled(

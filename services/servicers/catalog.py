@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import grpc
 
-from ledger.app.catalog import CatalogCommands, MetricInput, RateCardInput, RateInput
+from ledger.app.catalog import CatalogCommands, MetricInput
 from ledger.core.catalog import Product
 from services.api.accrual.v1 import catalog_pb2, catalog_pb2_grpc
-from services.convert import metric_message, optional_datetime, product_message, rate_card_message
+from services.convert import (
+    diff_message,
+    metric_message,
+    product_message,
+    rate_card_input,
+    rate_card_message,
+)
 from services.errors import rpc
 from services.request import request_context
 
@@ -49,29 +55,29 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     async def PublishRateCard(
         self, request: catalog_pb2.PublishRateCardRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.RateCardVersion:
-        command = RateCardInput(
-            rate_card_id=request.rate_card_id,
-            name=request.name,
-            currency=request.currency,
-            currency_decimals=(
-                request.currency_decimals if request.HasField("currency_decimals") else None
-            ),
-            effective_from=optional_datetime(request, "effective_from"),
-            rates=[
-                RateInput(
-                    product_id=r.product_id,
-                    model=r.model,
-                    unit_price=r.unit_price,
-                    group_values=dict(r.group_values),
-                    minimum=r.minimum,
-                    maximum=r.maximum,
-                )
-                for r in request.rates
-            ],
-        )
         ctx = request_context(context, request_id=request.request_id, reason=request.reason)
-        card, seq = await self._catalog.publish_rate_card(command, ctx)
+        card, seq = await self._catalog.publish_rate_card(rate_card_input(request), ctx)
         return rate_card_message(card, seq)
+
+    @rpc
+    async def ListRateCardVersions(
+        self, request: catalog_pb2.ListRateCardVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.ListRateCardVersionsResponse:
+        versions, token = await self._catalog.list_rate_card_versions(
+            request.rate_card_id, request.page_size, request.page_token
+        )
+        return catalog_pb2.ListRateCardVersionsResponse(
+            versions=[rate_card_message(v) for v in versions], next_page_token=token
+        )
+
+    @rpc
+    async def DiffRateCardVersions(
+        self, request: catalog_pb2.DiffRateCardVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.RateCardDiff:
+        diff = await self._catalog.diff_rate_card_versions(
+            request.rate_card_id, request.from_version, request.to_version
+        )
+        return diff_message(diff)
 
     @rpc
     async def GetRateCard(

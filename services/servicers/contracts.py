@@ -6,7 +6,7 @@ import grpc
 
 from ledger.app.customers import ContractInput, CustomerCommands
 from services.api.accrual.v1 import contracts_pb2, contracts_pb2_grpc
-from services.convert import contract_message, optional_datetime
+from services.convert import contract_message, optional_datetime, override_spec
 from services.errors import rpc
 from services.request import request_context
 
@@ -40,6 +40,8 @@ class ContractServicer(contracts_pb2_grpc.ContractServiceServicer):
             starts_at=optional_datetime(c, "starts_at"),
             ends_at=optional_datetime(c, "ends_at"),
             billing_anchor=optional_datetime(c, "billing_anchor"),
+            currency=c.currency,
+            overrides=[override_spec(o) for o in c.overrides],
         )
         ctx = request_context(context, request_id=request.request_id)
         contract, seq = await self._customers.create_contract(command, ctx)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 
-from projections.invoicing import InvoiceView, Invoicing
+from projections.invoicing import InvoiceView, Invoicing, PreviewRequest
 from services.api.accrual.v1 import invoices_pb2, invoices_pb2_grpc
-from services.convert import invoice_message, optional_datetime
+from services.convert import invoice_message, optional_datetime, rate_card_input, usage_inputs
 from services.errors import rpc
 from services.request import request_context
 
@@ -36,3 +36,20 @@ class InvoiceServicer(invoices_pb2_grpc.InvoiceServiceServicer):
     ) -> invoices_pb2.Invoice:
         ctx = request_context(context, request_id=request.request_id)
         return _message(await self._invoicing.finalize(request.invoice_id, ctx))
+
+    @rpc
+    async def PreviewInvoice(
+        self, request: invoices_pb2.PreviewInvoiceRequest, context: grpc.aio.ServicerContext
+    ) -> invoices_pb2.Invoice:
+        preview = PreviewRequest(
+            invoice_id=request.invoice_id,
+            customer_id=request.customer_id,
+            at=optional_datetime(request, "at"),
+            rate_card_id=request.rate_card_id,
+            rate_card_version=request.rate_card_version,
+            inline_rate_card=(
+                rate_card_input(request.rate_card) if request.HasField("rate_card") else None
+            ),
+            usage=usage_inputs(request.usage) if request.hypothetical else None,
+        )
+        return _message(await self._invoicing.preview(preview))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 
-from ledger.app.usage import RecordUsage, UsageInput, UsageStatus
+from ledger.app.usage import RecordUsage, UsageStatus
 from services.api.accrual.v1 import usage_pb2, usage_pb2_grpc
-from services.convert import optional_datetime
+from services.convert import usage_inputs
 from services.errors import rpc
 from services.request import request_context
 
@@ -25,17 +25,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     async def RecordUsage(
         self, request: usage_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.RecordUsageResponse:
-        items = [
-            UsageInput(
-                transaction_id=event.transaction_id,
-                customer_id=event.customer_id,
-                event_type=event.event_type,
-                occurred_at=optional_datetime(event, "timestamp"),
-                properties=dict(event.properties),
-            )
-            for event in request.events
-        ]
-        results = await self._record_usage(items, request_context(context))
+        results = await self._record_usage(usage_inputs(request.events), request_context(context))
         return usage_pb2.RecordUsageResponse(
             results=[
                 usage_pb2.UsageEventResult(

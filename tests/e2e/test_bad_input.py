@@ -94,7 +94,9 @@ def test_rate_card_reports_a_violation_per_problem(server: RunningServer) -> Non
 
     assert sorted(failure.fields) == [
         "currency_decimals",
+        "rates[0].group_values",  # the metric has no region dimension
         "rates[0].unit_price",
+        "rates[1].group_values",
         "rates[1].unit_price",
         "rates[2].product_id",
         "rates[3].maximum",

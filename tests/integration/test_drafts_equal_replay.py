@@ -14,12 +14,13 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from ledger.app.billing import replay_invoice
-from ledger.app.catalog import MetricInput, RateCardInput, RateInput
+from ledger.app.catalog import MetricInput, RateCardInput
 from ledger.app.context import RequestContext
 from ledger.app.customers import ContractInput
 from ledger.app.usage import UsageInput, UsageStatus
 from ledger.core.catalog import Product
 from ledger.core.invoice import canonical_invoice
+from ledger.core.rate_specs import RateSpec, TierSpec
 from services.bootstrap import App, running_app
 from services.config import Settings
 
@@ -42,9 +43,11 @@ def run(database_url: str, body: Callable[[App], Awaitable[None]]) -> None:
 async def price_list(app: App, version_rates: list[tuple[datetime, str, str]]) -> None:
     for effective_from, tokens_price, calls_price in version_rates:
         rates = [
-            RateInput("llm", "per_unit", tokens_price),
-            RateInput("llm", "per_unit", "0.000004", group_values={"model": "large"}),
-            RateInput("api", "per_unit", calls_price, minimum="0.50"),
+            RateSpec("llm", "per_unit", tokens_price),
+            RateSpec("llm", "per_unit", "0.000004", group_values={"model": "large"}),
+            RateSpec("api", "per_unit", calls_price, minimum="0.50"),
+            RateSpec("users", "graduated", tiers=[TierSpec("2", "0"), TierSpec("", "1.5")]),
+            RateSpec("level", "volume", tiers=[TierSpec("10", "2", "1"), TierSpec("", "1")]),
         ]
         card = RateCardInput("list", "List", "USD", None, effective_from, rates)
         await app.catalog.publish_rate_card(card, CTX)
@@ -72,8 +75,15 @@ def usage_events(rng: random.Random, count: int, offset: int) -> list[UsageInput
     for n in range(offset, offset + count):
         at = earliest + timedelta(seconds=rng.randrange(int(timedelta(days=33).total_seconds())))
         if n % 3 == 0:
-            props = {"region": rng.choice(["eu", "us"])}
+            props = {"region": rng.choice(["eu", "us"]), "user": rng.choice("abcdefgh")}
             events.append(UsageInput(f"t{n}", "acme", "api_call", at, props))
+            continue
+        if n % 5 == 0:
+            # Whole minutes, so some gauge readings share a timestamp: ledger order decides.
+            level = {"level": str(rng.randrange(0, 40))}
+            whole = at.replace(second=0, microsecond=0)
+            events.append(UsageInput(f"t{n}", "acme", "gauge", whole, level))
+            events.append(UsageInput(f"t{n}b", "acme", "gauge", whole, {"level": "7"}))
             continue
         props = {"model": rng.choice(["small", "large"]), "tokens": str(rng.randrange(1, 10**6))}
         if n % 17 == 0:
@@ -91,7 +101,8 @@ async def assert_drafts_equal_replays(app: App) -> int:
                 conn, draft.invoice.invoice_id, draft.invoice.computed_through_seq
             )
         assert canonical_invoice(draft.invoice) == canonical_invoice(replayed)
-        assert draft.invoice.lines, "the period has billed usage"
+        billed = {line.product_id for line in draft.invoice.lines if line.quantity > 0}
+        assert billed == {"llm", "api", "users", "level"}, "every metric kind is exercised"
         checked += 1
     return checked
 
@@ -114,6 +125,14 @@ def test_drafts_from_rollups_equal_replays_at_every_stage(database_url: str) -> 
             MetricInput("calls", "Calls", "api_call", "COUNT", "", group_by=["region"]), CTX
         )
         await app.catalog.create_product(Product("api", "API", "calls"), CTX)
+        await app.catalog.create_metric(
+            MetricInput("users", "Users", "api_call", "UNIQUE", "user", group_by=["region"]), CTX
+        )
+        await app.catalog.create_product(Product("users", "Active users", "users"), CTX)
+        await app.catalog.create_metric(
+            MetricInput("level", "Level", "gauge", "LATEST", "level"), CTX
+        )
+        await app.catalog.create_product(Product("level", "Level", "level"), CTX)
         await price_list(app, [(START - timedelta(days=9), "0.000002", "0.01")])
         await price_list(app, [(PRICE_CHANGE, "0.0000025", "0.012")])
         await app.customers.create_contract(
