@@ -40,10 +40,10 @@ from ledger.core.events import (
     UsageRecorded,
 )
 from ledger.core.invoice import Invoice
-from ledger.core.metering import Sequenced, Tally, UsageKey, fold_usage
+from ledger.core.metering import Sequenced, Tally, UsageKey, fold_usage, merge_tallies
 from ledger.core.periods import Period
 from ledger.core.rating import Catalog, Segment, pricing_segments, rate_invoice
-from ledger.store.event_store import read_stream_between, read_streams
+from ledger.store.event_store import iter_stream_between, read_streams
 from ledger.store.records import StoredEvent
 
 Conn = AsyncConnection[TupleRow]
@@ -171,17 +171,32 @@ async def plan_invoice(
     )
 
 
-async def replay_invoice(conn: Conn, ref: str, through_seq: int) -> Invoice:
-    """Recompute the invoice ``ref`` from raw events only, as of ``through_seq``."""
+async def replay_invoice(
+    conn: Conn, ref: str, through_seq: int, *, pricing: RateCardVersion | None = None
+) -> Invoice:
+    """Recompute the invoice ``ref`` from raw events only, as of ``through_seq``.
+
+    With ``pricing``, the period is priced under that version instead: a
+    simulation on real history. Usage is folded in batches, in flat memory.
+    """
     customer_id, contract_id, number = await customer_of_invoice(conn, ref, through_seq)
     customer = await load_customer(conn, customer_id, through_seq)
-    plan = await plan_invoice(conn, customer, contract_id, number, through_seq)
-    stored = await read_stream_between(
-        conn, usage_stream(customer_id), (plan.period.start, plan.period.end), (0, through_seq)
-    )
-    metrics = plan.catalog.metrics.values()
-    tallies = fold_usage(sequenced(stored), metrics, plan.segment_starts, plan.period.end)
-    return plan.price(tallies)
+    plan = await plan_invoice(conn, customer, contract_id, number, through_seq, pricing=pricing)
+    return plan.price(await fold_period(conn, plan, (0, through_seq)))
+
+
+async def fold_period(
+    conn: Conn, plan: InvoicePlan, seqs: tuple[int, int]
+) -> dict[UsageKey, Tally]:
+    """Tallies of the plan's period from raw usage events with seq in ``(lo, hi]``."""
+    stream = usage_stream(plan.customer.customer_id)
+    metrics = list(plan.catalog.metrics.values())
+    tallies: dict[UsageKey, Tally] = {}
+    period = (plan.period.start, plan.period.end)
+    async for batch in iter_stream_between(conn, stream, period, seqs):
+        folded = fold_usage(sequenced(batch), metrics, plan.segment_starts, plan.period.end)
+        tallies = merge_tallies(tallies, folded)
+    return tallies
 
 
 def sequenced(rows: Iterable[StoredEvent]) -> Iterator[Sequenced]:

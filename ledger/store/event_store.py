@@ -259,6 +259,28 @@ async def read_stream_between(
     return [stored_event(row) for row in await cur.fetchall()]
 
 
+async def iter_stream_between(
+    conn: AsyncConnection[TupleRow],
+    stream_id: str,
+    occurred: tuple[datetime, datetime],
+    seqs: tuple[int, int],
+    batch: int = 5_000,
+) -> AsyncIterator[list[StoredEvent]]:
+    """Like :func:`read_stream_between`, in batches from a server-side cursor.
+
+    Memory stays flat however many events the range holds. The connection must
+    be inside a transaction (a named cursor lives in one).
+    """
+    async with conn.cursor(name="accrual_stream_between") as cur:
+        await cur.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE stream_id = %s"  # noqa: S608
+            " AND occurred_at >= %s AND occurred_at < %s AND seq > %s AND seq <= %s ORDER BY seq",
+            (stream_id, *occurred, *seqs),
+        )
+        while rows := await cur.fetchmany(batch):
+            yield [stored_event(row) for row in rows]
+
+
 async def _existing_keys(
     conn: AsyncConnection[TupleRow], keys: list[str]
 ) -> dict[str | None, tuple[int, str | None]]:
