@@ -281,6 +281,33 @@ async def iter_stream_between(
             yield [stored_event(row) for row in rows]
 
 
+async def iter_streams(
+    conn: AsyncConnection[TupleRow], stream_ids: list[str], up_to_seq: int, batch: int = 2_000
+) -> AsyncIterator[StoredEvent]:
+    """Every event of the streams through ``up_to_seq``, in ledger order, in flat memory."""
+    async with conn.cursor(name="accrual_iter_streams") as cur:
+        await cur.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE stream_id = ANY(%s) AND seq <= %s"  # noqa: S608
+            " ORDER BY seq",
+            (stream_ids, up_to_seq),
+        )
+        while rows := await cur.fetchmany(batch):
+            for row in rows:
+                yield stored_event(row)
+
+
+async def read_types_at(
+    conn: AsyncConnection[TupleRow], event_types: Sequence[str], up_to_seq: int
+) -> list[StoredEvent]:
+    """Non-usage events of the given types through ``up_to_seq``, in ledger order."""
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM events WHERE event_type = ANY(%s)"  # noqa: S608
+        " AND event_type <> 'UsageRecorded' AND seq <= %s ORDER BY seq",
+        (list(event_types), up_to_seq),
+    )
+    return [stored_event(row) for row in await cur.fetchall()]
+
+
 async def _existing_keys(
     conn: AsyncConnection[TupleRow], keys: list[str]
 ) -> dict[str | None, tuple[int, str | None]]:

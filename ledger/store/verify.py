@@ -6,6 +6,7 @@ The first broken row is reported with its position and the reason.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ledger.store.chain import GENESIS_HASH, row_hash
@@ -27,6 +28,7 @@ class VerifyReport:
     last_seq: int
     last_hash: bytes
     breach: Breach | None
+    done: bool = True
 
     @property
     def ok(self) -> bool:
@@ -55,38 +57,93 @@ def recompute_hash(event: StoredEvent, prev_hash: bytes) -> bytes:
 def check_row(
     event: StoredEvent, expected_seq: int, prev_hash: bytes, stream_versions: dict[str, int]
 ) -> str | None:
-    """Why ``event`` breaks the ledger's rules, or None if it does not."""
+    """Why ``event`` breaks the ledger's rules, or None if it does not.
+
+    Its stream's version is checked against ``stream_versions`` when the
+    stream is there (the caller decides where a stream's count starts).
+    """
     if event.seq != expected_seq:
         return f"seq gap: expected {expected_seq}, found {event.seq}"
     if bytes(event.prev_hash) != prev_hash:
         return "prev_hash does not match the previous row's hash"
     if recompute_hash(event, prev_hash) != bytes(event.hash):
         return "hash does not match the row's content"
-    expected_version = stream_versions.get(event.stream_id, 0) + 1
-    if event.stream_version != expected_version:
-        return (
-            f"stream {event.stream_id} version {event.stream_version}, expected {expected_version}"
-        )
+    if event.stream_id in stream_versions:
+        expected_version = stream_versions[event.stream_id] + 1
+        if event.stream_version != expected_version:
+            return (
+                f"stream {event.stream_id} version {event.stream_version},"
+                f" expected {expected_version}"
+            )
     return None
+
+
+PROGRESS_EVERY = 50_000
+
+
+async def verify_progress(
+    store: PostgresEventStore,
+    from_seq: int = 1,
+    to_seq: int | None = None,
+    every: int = PROGRESS_EVERY,
+) -> AsyncIterator[VerifyReport]:
+    """Check seq gaps, stream versions and the chain over ``[from_seq, to_seq]``.
+
+    Yields a report every ``every`` events and a final one; the first breach
+    ends the run. A range that starts after genesis trusts its first row's
+    ``prev_hash``, and takes each stream's first version in the range as given.
+    """
+    head = await store.head()
+    last = head.seq if to_seq is None else min(to_seq, head.seq)
+    state = _Walk(expected_seq=from_seq, prev_hash=GENESIS_HASH if from_seq <= 1 else None)
+    async for event in store.scan(from_seq - 1, last):
+        breach = state.step(event, genesis=from_seq <= 1)
+        if breach is not None:
+            yield state.report(breach, done=True)
+            return
+        if state.checked % every == 0:
+            yield state.report(None, done=False)
+    if state.expected_seq - 1 != last:
+        yield state.report(Breach(state.expected_seq, "missing: the ledger ends early"), done=True)
+    elif to_seq is None and state.prev_hash is not None and head.hash != state.prev_hash:
+        yield state.report(Breach(last, "head hash does not match the chain"), done=True)
+    else:
+        yield state.report(None, done=True)
+
+
+@dataclass
+class _Walk:
+    expected_seq: int
+    prev_hash: bytes | None
+    checked: int = 0
+
+    def __post_init__(self) -> None:
+        self.versions: dict[str, int] = {}
+
+    def step(self, event: StoredEvent, *, genesis: bool) -> Breach | None:
+        prev = self.prev_hash if self.prev_hash is not None else bytes(event.prev_hash)
+        if not genesis and event.stream_id not in self.versions:
+            self.versions[event.stream_id] = event.stream_version - 1
+        elif genesis:
+            self.versions.setdefault(event.stream_id, 0)
+        reason = check_row(event, self.expected_seq, prev, self.versions)
+        if reason is not None:
+            # A gap is reported where the missing event belongs, not at its successor.
+            return Breach(min(event.seq, self.expected_seq), reason)
+        self.versions[event.stream_id] = event.stream_version
+        self.prev_hash, self.expected_seq = bytes(event.hash), self.expected_seq + 1
+        self.checked += 1
+        return None
+
+    def report(self, breach: Breach | None, *, done: bool) -> VerifyReport:
+        last_hash = self.prev_hash if self.prev_hash is not None else b""
+        return VerifyReport(self.checked, self.expected_seq - 1, last_hash, breach, done)
 
 
 async def verify_ledger(store: PostgresEventStore, up_to_seq: int | None = None) -> VerifyReport:
     """Check the whole chain from genesis through ``up_to_seq`` (default: head)."""
-    expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
-    stream_versions: dict[str, int] = {}
-    async for event in store.scan(0, up_to_seq):
-        reason = check_row(event, expected_seq, prev_hash, stream_versions)
-        if reason is not None:
-            # A gap is reported where the missing event belongs, not at its successor.
-            where = min(event.seq, expected_seq)
-            return VerifyReport(checked, expected_seq - 1, prev_hash, Breach(where, reason))
-        stream_versions[event.stream_id] = event.stream_version
-        prev_hash, expected_seq, checked = bytes(event.hash), expected_seq + 1, checked + 1
-    head = await store.head()
-    last = head.seq if up_to_seq is None else min(up_to_seq, head.seq)
-    if expected_seq - 1 != last:
-        return VerifyReport(checked, expected_seq - 1, prev_hash, Breach(expected_seq, "missing"))
-    if up_to_seq is None and head.hash != prev_hash:
-        breach = Breach(last, "head hash does not match the chain")
-        return VerifyReport(checked, last, prev_hash, breach)
-    return VerifyReport(checked, last, prev_hash, None)
+    final = None
+    async for report in verify_progress(store, 1, up_to_seq):
+        final = report
+    assert final is not None, "verify_progress always ends with a final report"
+    return final

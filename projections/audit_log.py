@@ -1,0 +1,189 @@
+"""Audit view: who did what, when and why, for every action that is not usage.
+
+One row per ledger event other than usage, with the actor, reason and request
+id from its metadata, the customer it concerns (if any) and a one-line
+summary. Queryable by customer, actor, kind and time range, oldest first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from psycopg import AsyncConnection, AsyncCursor
+from psycopg.rows import TupleRow
+
+from ledger.core.canonical import format_instant
+from ledger.core.events import (
+    BillableMetricCreated,
+    ContractCreated,
+    ContractRegistered,
+    CustomerCreated,
+    DomainEvent,
+    InvoiceFinalized,
+    ProductCreated,
+    RateCardPublished,
+    UsageRecorded,
+)
+from ledger.store.records import StoredEvent
+
+PAGE_SIZE_DEFAULT: Final = 100
+PAGE_SIZE_MAX: Final = 1_000
+# Bookkeeping events that are part of another action, not actions of their own.
+NOT_ACTIONS: Final = frozenset({UsageRecorded.EVENT_TYPE, ContractRegistered.EVENT_TYPE})
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    recorded_at: datetime
+    kind: str
+    actor: str
+    customer_id: str
+    subject: str
+    reason: str
+    request_id: str
+    summary: str
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    customer_id: str = ""
+    actor: str = ""
+    kind: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+    page_size: int = PAGE_SIZE_DEFAULT
+    after_seq: int = 0
+
+
+class AuditLog:
+    """Projection ``audit_log``."""
+
+    name = "audit_log"
+
+    def __init__(self, version: int = 1) -> None:
+        self.version = version
+        self.table = f"audit_entries_v{version}"
+
+    def ddl(self) -> Sequence[str]:
+        return [
+            f"""CREATE TABLE IF NOT EXISTS {self.table} (
+                seq         bigint PRIMARY KEY,
+                recorded_at timestamptz NOT NULL,
+                kind        text NOT NULL,
+                actor       text NOT NULL,
+                customer_id text NOT NULL,
+                subject     text NOT NULL,
+                reason      text NOT NULL,
+                request_id  text NOT NULL,
+                summary     text NOT NULL)""",
+            f"CREATE INDEX IF NOT EXISTS {self.table}_customer ON {self.table} (customer_id, seq)",
+            f"CREATE INDEX IF NOT EXISTS {self.table}_actor ON {self.table} (actor, seq)",
+            f"CREATE INDEX IF NOT EXISTS {self.table}_kind ON {self.table} (kind, seq)",
+            f"CREATE INDEX IF NOT EXISTS {self.table}_time ON {self.table} (recorded_at)",
+        ]
+
+    async def apply(self, cur: AsyncCursor[TupleRow], events: Sequence[StoredEvent]) -> None:
+        rows = [entry_row(e) for e in events if e.event_type not in NOT_ACTIONS]
+        if not rows:
+            return
+        await cur.executemany(
+            f"INSERT INTO {self.table} (seq, recorded_at, kind, actor, customer_id, subject,"
+            " reason, request_id, summary) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (seq) DO NOTHING",
+            rows,
+        )
+
+    async def entries(self, conn: AsyncConnection[TupleRow], query: AuditQuery) -> list[AuditEntry]:
+        """A page of entries matching every given filter, oldest first."""
+        clauses: list[str] = ["seq > %s"]
+        args: list[object] = [query.after_seq]
+        for column, value in (
+            ("customer_id", query.customer_id),
+            ("actor", query.actor),
+            ("kind", query.kind),
+        ):
+            if value:
+                clauses.append(f"{column} = %s")
+                args.append(value)
+        if query.start is not None:
+            clauses.append("recorded_at >= %s")
+            args.append(query.start)
+        if query.end is not None:
+            clauses.append("recorded_at < %s")
+            args.append(query.end)
+        size = min(query.page_size or PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)
+        cur = await conn.execute(
+            f"SELECT seq, recorded_at, kind, actor, customer_id, subject, reason, request_id,"
+            f" summary FROM {self.table} WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT %s",
+            (*args, size),
+        )
+        return [AuditEntry(*row) for row in await cur.fetchall()]
+
+
+def entry_row(stored: StoredEvent) -> tuple[object, ...]:
+    metadata = json.loads(bytes(stored.metadata))
+    customer_id, subject, summary = describe(stored.domain_event())
+    return (
+        stored.seq,
+        stored.recorded_at,
+        stored.event_type,
+        metadata.get("actor", ""),
+        customer_id,
+        subject,
+        metadata.get("reason", ""),
+        metadata.get("request_id", ""),
+        summary,
+    )
+
+
+def describe(event: DomainEvent) -> tuple[str, str, str]:
+    """``(customer_id, subject, summary)`` of an action."""
+    describer = _DESCRIBERS.get(type(event))
+    return describer(event) if describer is not None else ("", "", type(event).__name__)
+
+
+def _customer(event: CustomerCreated) -> tuple[str, str, str]:
+    return event.customer_id, event.customer_id, f"created customer {event.name!r}"
+
+
+def _contract(event: ContractCreated) -> tuple[str, str, str]:
+    c = event.contract
+    pin = f" pinned to v{c.pinned_version}" if c.pinned_version else ""
+    summary = f"created contract on {c.rate_card_id}{pin} from {format_instant(c.starts_at)}"
+    return c.customer_id, c.contract_id, summary
+
+
+def _finalized(event: InvoiceFinalized) -> tuple[str, str, str]:
+    i = event.invoice
+    summary = f"finalized {i.invoice_id}: {i.total} {i.currency}"
+    return i.customer_id, i.invoice_id, f"{summary} through seq {i.computed_through_seq}"
+
+
+def _published(event: RateCardPublished) -> tuple[str, str, str]:
+    card = event.rate_card
+    subject = f"{card.rate_card_id} v{card.version}"
+    return "", subject, f"published {subject} effective {format_instant(card.effective_from)}"
+
+
+def _product(event: ProductCreated) -> tuple[str, str, str]:
+    return "", event.product.product_id, f"created product {event.product.name!r}"
+
+
+def _metric(event: BillableMetricCreated) -> tuple[str, str, str]:
+    m = event.metric
+    return "", m.metric_id, f"created metric {m.aggregation.value} of {m.event_type}"
+
+
+_DESCRIBERS: Final[dict[type[DomainEvent], Callable[[Any], tuple[str, str, str]]]] = {
+    CustomerCreated: _customer,
+    ContractCreated: _contract,
+    InvoiceFinalized: _finalized,
+    RateCardPublished: _published,
+    ProductCreated: _product,
+    BillableMetricCreated: _metric,
+}
