@@ -138,7 +138,11 @@ class Invoicing:
 
     async def _preview_pricing(self, request: PreviewRequest) -> RateCardVersion | None:
         if request.inline_rate_card is not None:
-            return await self._catalog.draft_rate_card(request.inline_rate_card)
+            try:
+                return await self._catalog.draft_rate_card(request.inline_rate_card)
+            except DomainError as error:
+                # Name fields from the request's root, where the card sits in rate_card.
+                raise error.within("rate_card") from error
         if request.rate_card_id:
             return await self._catalog.get_rate_card(
                 request.rate_card_id, request.rate_card_version

@@ -19,6 +19,8 @@ from ledger.app.customers import CustomerCommands
 from ledger.app.usage import RecordUsage
 from ledger.core.validation import UsagePolicy
 from ledger.store.event_store import Pool, PostgresEventStore
+from projections.audit_log import AuditLog
+from projections.auditing import Auditing
 from projections.engine import ProjectionRunner
 from projections.invoicing import Invoicing
 from projections.usage_rollups import UsageRollups
@@ -42,7 +44,9 @@ class App:
     catalog: CatalogCommands
     customers: CustomerCommands
     invoicing: Invoicing
+    auditing: Auditing
     rollups: UsageRollups
+    audit_log: AuditLog
     runner: ProjectionRunner
 
 
@@ -52,6 +56,15 @@ def wire(settings: Settings, pool: Pool, clock: Clock = utc_now) -> App:
     rollups = UsageRollups()
     policy = UsagePolicy(late_window=settings.late_usage, future_tolerance=settings.future_usage)
     catalog = CatalogCommands(store, clock)
+    audit_log = AuditLog()
+    invoicing = Invoicing(
+        pool,
+        store=store,
+        rollups=rollups,
+        clock=clock,
+        finalize_grace=settings.finalize_grace,
+        catalog=catalog,
+    )
     return App(
         settings=settings,
         pool=pool,
@@ -59,16 +72,13 @@ def wire(settings: Settings, pool: Pool, clock: Clock = utc_now) -> App:
         record_usage=RecordUsage(store, MetricRegistry(store), clock, policy),
         catalog=catalog,
         customers=CustomerCommands(store, clock),
-        invoicing=Invoicing(
-            pool,
-            store=store,
-            rollups=rollups,
-            clock=clock,
-            finalize_grace=settings.finalize_grace,
-            catalog=catalog,
+        invoicing=invoicing,
+        auditing=Auditing(
+            pool, store=store, catalog=catalog, invoicing=invoicing, audit_log=audit_log
         ),
         rollups=rollups,
-        runner=ProjectionRunner(pool, [rollups]),
+        audit_log=audit_log,
+        runner=ProjectionRunner(pool, [rollups, audit_log]),
     )
 
 

@@ -27,6 +27,8 @@ class Settings:
     db_pool_max: int
     run_projector: bool
     log_format: str
+    digest_key_file: Path | None
+    digest_algorithm: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -44,6 +46,12 @@ class Settings:
             db_pool_max=_int(env, "ACCRUAL_DB_POOL_MAX", 10, 2, 500),
             run_projector=_bool(env, "ACCRUAL_RUN_PROJECTOR", default=True),
             log_format=_choice(env, "ACCRUAL_LOG_FORMAT", "auto", {"auto", "json", "console"}),
+            digest_key_file=(
+                Path(env["ACCRUAL_DIGEST_KEY_FILE"]) if env.get("ACCRUAL_DIGEST_KEY_FILE") else None
+            ),
+            digest_algorithm=_choice(
+                env, "ACCRUAL_DIGEST_ALGORITHM", "ed25519", {"ed25519", "hmac-sha256"}
+            ),
         )
 
 

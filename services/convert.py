@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ledger.app.audit import SimulationRow
 from ledger.app.catalog import RateCardInput
 from ledger.app.customers import OverrideSpec
 from ledger.app.usage import UsageInput
@@ -21,10 +22,15 @@ from ledger.core.catalog import (
     RateCardVersion,
     RateModel,
 )
+from ledger.core.errors import invalid
 from ledger.core.invoice import Invoice, InvoiceLine
 from ledger.core.rate_diff import FieldChange, RateCardDiff
 from ledger.core.rate_specs import RateSpec, TierSpec
+from ledger.store.records import StoredEvent
+from ledger.store.verify import VerifyReport
+from projections.audit_log import AuditEntry
 from services.api.accrual.v1 import (
+    audit_pb2,
     catalog_pb2,
     common_pb2,
     contracts_pb2,
@@ -222,6 +228,7 @@ def contract_message(contract: Contract, seq: int = 0) -> contracts_pb2.Contract
         billing_anchor=timestamp(contract.billing_anchor),
         consistency_token=seq,
         overrides=[_override_message(o) for o in contract.overrides],
+        currency=contract.currency,
     )
     if contract.ends_at is not None:
         message.ends_at.CopyFrom(timestamp(contract.ends_at))
@@ -295,3 +302,68 @@ def usage_inputs(events: Iterable[usage_pb2.UsageEvent]) -> list[UsageInput]:
         )
         for event in events
     ]
+
+
+def page_token(token: str) -> int:
+    """A page token this service issued (a ledger seq), or an INVALID domain error."""
+    if not token:
+        return 0
+    if not token.isascii() or not token.isdigit() or len(token) > 19:
+        raise invalid("page_token", "is not a token this service issued")
+    return int(token)
+
+
+def ledger_event_message(event: StoredEvent) -> audit_pb2.LedgerEvent:
+    return audit_pb2.LedgerEvent(
+        seq=event.seq,
+        stream_id=event.stream_id,
+        stream_version=event.stream_version,
+        event_type=event.event_type,
+        schema_version=event.schema_version,
+        payload_json=bytes(event.payload).decode(),
+        metadata_json=bytes(event.metadata).decode(),
+        occurred_at=timestamp(event.occurred_at),
+        recorded_at=timestamp(event.recorded_at),
+        prev_hash=bytes(event.prev_hash).hex(),
+        hash=bytes(event.hash).hex(),
+    )
+
+
+def verify_progress_message(report: VerifyReport) -> audit_pb2.VerifyLedgerProgress:
+    breach = report.breach
+    return audit_pb2.VerifyLedgerProgress(
+        events_checked=report.events_checked,
+        last_seq=report.last_seq,
+        last_hash=report.last_hash.hex(),
+        done=report.done,
+        ok=breach is None,
+        breach_seq=breach.seq if breach else 0,
+        breach_reason=breach.reason if breach else "",
+    )
+
+
+def audit_entry_message(entry: AuditEntry) -> audit_pb2.AuditEntry:
+    return audit_pb2.AuditEntry(
+        seq=entry.seq,
+        recorded_at=timestamp(entry.recorded_at),
+        kind=entry.kind,
+        actor=entry.actor,
+        customer_id=entry.customer_id,
+        subject=entry.subject,
+        reason=entry.reason,
+        request_id=entry.request_id,
+        summary=entry.summary,
+    )
+
+
+def simulation_row_message(row: SimulationRow) -> audit_pb2.SimulationRow:
+    return audit_pb2.SimulationRow(
+        customer_id=row.customer_id,
+        invoice_id=row.invoice_id,
+        period_start=timestamp(row.period_start),
+        period_end=timestamp(row.period_end),
+        status=row.status,
+        current_total=money(row.current_total, row.currency),
+        simulated_total=money(row.simulated_total, row.currency),
+        delta=money(row.delta, row.currency),
+    )

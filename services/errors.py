@@ -10,7 +10,7 @@ no SQL, stack trace or other customer's data ever reaches a caller.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import grpc
@@ -81,6 +81,19 @@ _UNAVAILABLE: Final = _status(
 )
 
 
+async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
+    """Answer the call with the status for ``error``; never returns normally."""
+    if isinstance(error, DomainError):
+        status = status_for(error)
+    elif isinstance(error, psycopg.OperationalError | PoolTimeout):
+        _log.warning("database unavailable", method=method, exc_info=error)
+        status = _UNAVAILABLE
+    else:
+        _log.error("unexpected error", method=method, exc_info=error)
+        status = _INTERNAL
+    await context.abort_with_status(rpc_status.to_status(status))
+
+
 def rpc(
     method: Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]],
 ) -> Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]:
@@ -90,16 +103,30 @@ def rpc(
     async def wrapper(self: Any, request: Request, context: grpc.aio.ServicerContext) -> Response:
         try:
             return await method(self, request, context)
-        except DomainError as error:
-            await context.abort_with_status(rpc_status.to_status(status_for(error)))
         except grpc.aio.AbortError:
             raise
-        except (psycopg.OperationalError, PoolTimeout):
-            _log.warning("database unavailable", method=method.__qualname__, exc_info=True)
-            await context.abort_with_status(rpc_status.to_status(_UNAVAILABLE))
-        except Exception:
-            _log.exception("unexpected error", method=method.__qualname__)
-            await context.abort_with_status(rpc_status.to_status(_INTERNAL))
+        except Exception as error:
+            await _abort(context, error, method.__qualname__)
         raise AssertionError("abort_with_status always raises")
+
+    return wrapper
+
+
+def rpc_stream(
+    method: Callable[[Any, Request, grpc.aio.ServicerContext], AsyncIterator[Response]],
+) -> Callable[[Any, Request, grpc.aio.ServicerContext], AsyncIterator[Response]]:
+    """:func:`rpc` for server-streaming methods (async generators)."""
+
+    @functools.wraps(method)
+    async def wrapper(
+        self: Any, request: Request, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Response]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await _abort(context, error, method.__qualname__)
 
     return wrapper

@@ -13,6 +13,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.api.accrual.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
     catalog_pb2,
     catalog_pb2_grpc,
     contracts_pb2,
@@ -23,6 +25,7 @@ from services.api.accrual.v1 import (
     usage_pb2_grpc,
 )
 from services.bootstrap import App
+from services.servicers.audit import AuditServicer
 from services.servicers.catalog import CatalogServicer
 from services.servicers.contracts import ContractServicer
 from services.servicers.invoices import InvoiceServicer
@@ -32,6 +35,7 @@ MESSAGE_BYTES_MAX: Final = 8 * 1024 * 1024
 SHUTDOWN_GRACE_S: Final = 10.0
 
 SERVICE_NAMES: Final = (
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
     catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
     contracts_pb2.DESCRIPTOR.services_by_name["ContractService"].full_name,
@@ -74,6 +78,7 @@ def create_server(app: App, address: str) -> Server:
         ContractServicer(app.customers), server
     )
     invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceServicer(app.invoicing), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(app.auditing), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -23,6 +23,7 @@ from ledger.app.billing import (
     replay_invoice,
 )
 from ledger.app.streams import (
+    contract_stream,
     customer_stream,
     metric_stream,
     product_stream,
@@ -112,7 +113,8 @@ class SimulationRow:
 async def simulate_pricing(
     pool: Pool, pricing: RateCardVersion, start: datetime, end: datetime
 ) -> list[SimulationRow]:
-    """Every invoice of every contract on the card, over ``[start, end)``, under ``pricing``.
+    """Every started invoice of every contract on the card over ``[start, end)``, under
+    ``pricing``; periods that begin after the ledger's last event are not simulated.
 
     Current totals are the finalized ones (at their recorded positions) or the
     drafts as of now; simulated totals price the same usage under ``pricing``.
@@ -121,6 +123,8 @@ async def simulate_pricing(
     async with pool.connection() as conn:
         await _snapshot(conn)
         head = (await read_head(conn)).seq
+        as_of = await _recorded_at(conn, head)
+        end = min(end, as_of) if as_of is not None else start
         for contract in await _contracts_on(conn, pricing.rate_card_id, head):
             customer = await load_customer(conn, contract.customer_id, head)
             rows += [
@@ -214,6 +218,7 @@ async def _streams_of(conn: Conn, customer: CustomerState, through: int) -> list
     return [
         customer_stream(customer.customer_id),
         usage_stream(customer.customer_id),
+        *[contract_stream(c) for c in sorted(customer.contracts)],
         *[rate_card_stream(card) for card in card_ids],
         *[product_stream(p) for p in sorted(catalog.products)],
         *[metric_stream(m) for m in sorted(catalog.metrics)],

@@ -114,7 +114,9 @@ class CatalogCommands:
     async def publish_rate_card(
         self, cmd: RateCardInput, ctx: RequestContext
     ) -> tuple[RateCardVersion, int]:
-        """Publish the next immutable version of a rate card."""
+        """Publish the next immutable version of a rate card; pricing changes say why."""
+        if not ctx.reason.strip():
+            raise invalid("reason", "is required: say why the price changes")
 
         async def decide() -> list[Write]:
             card = await self.draft_rate_card(cmd)

@@ -85,7 +85,10 @@ class CustomerCommands:
         async def decide() -> list[Write]:
             contract = _contract(cmd)
             state = await self.customer(cmd.customer_id)
-            await self._check_rate_card(contract, cmd)
+            currency = await self._check_rate_card(contract, cmd)
+            # Overrides are built only once check_override has vouched for them.
+            overrides = tuple(_override(o) for o in cmd.overrides)
+            contract = dataclasses.replace(contract, currency=currency, overrides=overrides)
             if await self._store.stream_versions([contract_stream(cmd.contract_id)]):
                 raise DomainError(Rule.CONTRACT_EXISTS, f"contract {cmd.contract_id!r} exists")
             for other in state.contracts.values():
@@ -119,7 +122,7 @@ class CustomerCommands:
             raise DomainError(Rule.CONTRACT_NOT_FOUND, f"customer has no contract {contract_id!r}")
         return state.contracts[contract_id]
 
-    async def _check_rate_card(self, contract: Contract, cmd: ContractInput) -> None:
+    async def _check_rate_card(self, contract: Contract, cmd: ContractInput) -> str:
         """The card exists (and the pinned version), in the contract's currency, and the
         overrides name real products with valid prices."""
         events = await self._store.read_streams([rate_card_stream(contract.rate_card_id)])
@@ -138,6 +141,9 @@ class CustomerCommands:
         for i, override in enumerate(cmd.overrides):
             check_override(violations, f"contract.overrides[{i}]", override, context)
         violations.raise_if_any()
+        first = events[0].domain_event()
+        assert isinstance(first, RateCardPublished)
+        return first.rate_card.currency
 
 
 def check_override(
@@ -207,7 +213,6 @@ def _contract(cmd: ContractInput) -> Contract:
         starts_at=cmd.starts_at,
         ends_at=cmd.ends_at,
         billing_anchor=cmd.billing_anchor or cmd.starts_at,
-        overrides=tuple(_override(o) for o in cmd.overrides),
     )
 
 

@@ -203,6 +203,7 @@ class Contract:
     ends_at: datetime | None
     billing_anchor: datetime
     overrides: tuple[Override, ...] = ()
+    currency: str = ""  # the rate card's, fixed when the contract is created
 
     def override_for(self, product_id: str, start: datetime, end: datetime) -> Override | None:
         """The highest-priority override of the product in force over ``[start, end)``."""

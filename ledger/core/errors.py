@@ -67,6 +67,13 @@ class DomainError(Exception):
         self.message = message
         self.violations = violations
 
+    def within(self, parent: str) -> DomainError:
+        """The same error with field paths under ``parent`` (a nested message)."""
+        violations = tuple(
+            FieldViolation(f"{parent}.{v.field}", v.description) for v in self.violations
+        )
+        return DomainError(self.rule, self.message, violations)
+
 
 def invalid(field: str, description: str) -> DomainError:
     """Shorthand for a request with one bad field."""

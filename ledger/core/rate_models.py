@@ -85,7 +85,7 @@ def charge(rate: Rate, quantity: Decimal, proration: Proration = FULL_PERIOD) ->
     model = rate.model
     if model is RateModel.PER_UNIT:
         exact = EXACT.multiply(quantity, rate.unit_price)
-        return Charge(exact, f"{quantity} × {rate.unit_price} = {exact}")
+        return Charge(exact, f"{shown(quantity)} × {shown(rate.unit_price)} = {shown(exact)}")
     if model is RateModel.GRADUATED:
         return graduated(rate.tiers, quantity)
     if model is RateModel.VOLUME:
@@ -145,8 +145,9 @@ def package(rate: Rate, quantity: Decimal) -> Charge:
     packages = EXACT.divide(quantity, rate.package_size).to_integral_value(rounding=rounding)
     exact = EXACT.multiply(packages, rate.unit_price)
     steps = (
-        f"{quantity} / {rate.package_size} rounded {rate.package_rounding.value} = {packages}"
-        f" packages × {rate.unit_price} = {exact}"
+        f"{shown(quantity)} / {rate.package_size} rounded {rate.package_rounding.value}"
+        f" = {shown(packages)}"
+        f" packages × {shown(rate.unit_price)} = {shown(exact)}"
     )
     return Charge(exact, steps)
 
@@ -164,11 +165,11 @@ def _tier_steps(uses: list[TierUse], total: Decimal) -> str:
         return "no units = 0"
     parts = []
     for use in uses:
-        part = f"{use.quantity} × {use.unit_price}"
+        part = f"{shown(use.quantity)} × {shown(use.unit_price)}"
         if use.flat_fee:
-            part += f" + {use.flat_fee}"
+            part += f" + {shown(use.flat_fee)}"
         parts.append(part)
-    return f"{' + '.join(parts)} = {total}"
+    return f"{' + '.join(parts)} = {shown(total)}"
 
 
 def _prorated(proration: Proration) -> str:

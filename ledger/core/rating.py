@@ -28,7 +28,7 @@ from ledger.core.invoice import Invoice, InvoiceLine, UnbilledUsage
 from ledger.core.metering import GroupKey, Tally, UsageKey
 from ledger.core.money import EXACT, round_amount, zero
 from ledger.core.periods import Period, period_containing
-from ledger.core.rate_models import Charge, Proration, charge, percentage, whole_days
+from ledger.core.rate_models import Charge, Proration, charge, percentage, shown, whole_days
 
 NO_VERSION_IN_EFFECT = "no rate card version in effect"
 
@@ -122,7 +122,9 @@ def finish_line(
     if override is not None and override.kind is OverrideKind.MULTIPLIER:
         assert override.multiplier is not None
         exact = EXACT.multiply(exact, override.multiplier)
-        steps += f"; × {override.multiplier} (contract override {override.override_id}) = {exact}"
+        steps += (
+            f"; × {override.multiplier} (contract override {override.override_id}) = {shown(exact)}"
+        )
     amount = round_amount(exact, decimals)
     steps += f" → {amount}"
     if rate.minimum is not None and amount < rate.minimum:

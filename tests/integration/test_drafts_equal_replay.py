@@ -27,7 +27,7 @@ from services.config import Settings
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
 START = datetime(2026, 2, 10, 10, 30, tzinfo=UTC)  # anchor off the hour: partial edges
 PRICE_CHANGE = datetime(2026, 3, 15, 7, 45, tzinfo=UTC)
-CTX = RequestContext(actor="test")
+CTX = RequestContext(actor="test", reason="integration test")
 
 
 def run(database_url: str, body: Callable[[App], Awaitable[None]]) -> None:

@@ -21,7 +21,7 @@ from services.bootstrap import App, open_pool, running_app
 from services.config import Settings
 
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
-CTX = RequestContext(actor="test")
+CTX = RequestContext(actor="test", reason="integration test")
 EVENTS = 600
 
 

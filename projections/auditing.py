@@ -1,0 +1,105 @@
+"""The auditor's entry point: replay, verification, the audit log and simulations."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Final
+
+from ledger.app.audit import ReplayItem, SimulationRow, replay_customer, simulate_pricing
+from ledger.app.catalog import CatalogCommands
+from ledger.core.errors import Violations, invalid
+from ledger.store.event_store import Pool, PostgresEventStore
+from ledger.store.verify import VerifyReport, verify_progress
+from projections.audit_log import AuditEntry, AuditLog, AuditQuery
+from projections.engine import checkpoint_of
+from projections.invoicing import Invoicing, ReplayCheck
+
+CONSISTENCY_POLL_S: Final = 0.02
+
+
+@dataclass(frozen=True)
+class Simulation:
+    rows: list[SimulationRow]
+
+    def totals(self) -> dict[str, tuple[Decimal, Decimal]]:
+        """Per currency: (current, simulated)."""
+        totals: dict[str, tuple[Decimal, Decimal]] = {}
+        for row in self.rows:
+            current, simulated = totals.get(row.currency, (Decimal(0), Decimal(0)))
+            totals[row.currency] = (current + row.current_total, simulated + row.simulated_total)
+        return totals
+
+
+class Auditing:
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        store: PostgresEventStore,
+        catalog: CatalogCommands,
+        invoicing: Invoicing,
+        audit_log: AuditLog,
+    ) -> None:
+        self._pool = pool
+        self._store = store
+        self._catalog = catalog
+        self._invoicing = invoicing
+        self._audit_log = audit_log
+
+    async def replay_customer(
+        self,
+        customer_id: str,
+        *,
+        up_to_seq: int | None = None,
+        up_to_time: datetime | None = None,
+        rate_card_id: str = "",
+        rate_card_version: int = 0,
+    ) -> AsyncIterator[ReplayItem]:
+        pricing = (
+            await self._catalog.get_rate_card(rate_card_id, rate_card_version)
+            if rate_card_id
+            else None
+        )
+        async for item in replay_customer(
+            self._pool, customer_id, up_to_seq=up_to_seq, up_to_time=up_to_time, pricing=pricing
+        ):
+            yield item
+
+    async def verify_invoice(self, invoice_id: str) -> ReplayCheck:
+        if not invoice_id:
+            raise invalid("invoice_id", "is required")
+        return await self._invoicing.verify_finalized(invoice_id)
+
+    def verify_ledger(self, from_seq: int, to_seq: int | None) -> AsyncIterator[VerifyReport]:
+        if from_seq < 1:
+            raise invalid("from_seq", "must be 1 or more")
+        return verify_progress(self._store, from_seq, to_seq)
+
+    async def entries(self, query: AuditQuery, consistency_token: int = 0) -> list[AuditEntry]:
+        """A page of the audit log, once it has caught up with ``consistency_token``."""
+        async with self._pool.connection() as conn:
+            log = self._audit_log
+            while await checkpoint_of(conn, log.name, log.version) < consistency_token:
+                await conn.rollback()  # a fresh snapshot on the next read
+                await asyncio.sleep(CONSISTENCY_POLL_S)
+            return await log.entries(conn, query)
+
+    async def simulate(
+        self, rate_card_id: str, version: int, start: datetime | None, end: datetime | None
+    ) -> Simulation:
+        violations = Violations()
+        if start is None:
+            violations.add("start", "is required")
+        if end is None:
+            violations.add("end", "is required")
+        if start is not None and end is not None and end <= start:
+            violations.add("end", "must be after start")
+        violations.raise_if_any()
+        assert start is not None
+        assert end is not None
+        pricing = await self._catalog.get_rate_card(rate_card_id, version)
+        return Simulation(await simulate_pricing(self._pool, pricing, start, end))

@@ -1,0 +1,61 @@
+"""Running the service: serve, migrate, project."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import structlog
+
+from ledger.store import migrate
+from services.bootstrap import running_app
+from services.cli.runtime import database
+from services.config import Settings
+from services.server import serve
+
+_log = structlog.get_logger("accrual.cli")
+
+
+def serve_command(settings: Settings, _: argparse.Namespace) -> int:
+    with database(settings) as url:
+        migrate.upgrade(url)
+
+        async def main() -> None:
+            async with running_app(settings, url) as app:
+                await serve(app, settings.grpc_address)
+
+        asyncio.run(main())
+    return 0
+
+
+def migrate_command(settings: Settings, _: argparse.Namespace) -> int:
+    with database(settings) as url:
+        migrate.upgrade(url)
+    print("migrations applied")
+    return 0
+
+
+def project_command(settings: Settings, args: argparse.Namespace) -> int:
+    with database(settings) as url:
+
+        async def main() -> None:
+            async with running_app(settings, url) as app:
+                applied = await app.runner.catch_up()
+                _log.info("caught up", events=applied)
+                if not args.once:
+                    await app.runner.run_forever(asyncio.Event())
+
+        asyncio.run(main())
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    commands.add_parser("serve", help="migrate, project and serve gRPC").set_defaults(
+        run=serve_command
+    )
+    commands.add_parser("migrate", help="apply database migrations").set_defaults(
+        run=migrate_command
+    )
+    project = commands.add_parser("project", help="run the projection runner")
+    project.add_argument("--once", action="store_true", help="catch up once and exit")
+    project.set_defaults(run=project_command)
