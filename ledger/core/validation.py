@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
-from ledger.core.catalog import Aggregation, FilterOp, RateModel
+from ledger.core.catalog import Aggregation, FilterOp
 from ledger.core.errors import Violations
-from ledger.core.money import is_decimal_text
 
 ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+=-]{0,127}")
 NAME_PATTERN: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,127}")
@@ -113,19 +112,3 @@ def check_metric(
         check_name(violations, f"metric.group_by[{i}]", name)
     if len(set(group_by)) != len(group_by):
         violations.add("metric.group_by", "must not repeat a property")
-
-
-def check_price(violations: Violations, field: str, text: str, *, required: bool) -> None:
-    """A non-negative decimal string (or empty when optional)."""
-    if not text:
-        if required:
-            violations.add(field, "is required")
-    elif not is_decimal_text(text):
-        violations.add(field, f"{text[:40]!r} is not a plain decimal number")
-    elif text.startswith("-"):
-        violations.add(field, "must not be negative")
-
-
-def check_rate_model(violations: Violations, field: str, model: str) -> None:
-    if model not in {m.value for m in RateModel}:
-        violations.add(field, f"must be one of {', '.join(m.value for m in RateModel)}")
