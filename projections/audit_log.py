@@ -87,6 +87,9 @@ class AuditLog:
             f"CREATE INDEX IF NOT EXISTS {self.table}_time ON {self.table} (recorded_at)",
         ]
 
+    def drop_ddl(self) -> Sequence[str]:
+        return [f"DROP TABLE IF EXISTS {self.table}"]
+
     async def apply(self, cur: AsyncCursor[TupleRow], events: Sequence[StoredEvent]) -> None:
         rows = [entry_row(e) for e in events if e.event_type not in NOT_ACTIONS]
         if not rows:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -17,6 +17,7 @@ from ledger.store.verify import VerifyReport, verify_progress
 from projections.audit_log import AuditEntry, AuditLog, AuditQuery
 from projections.engine import checkpoint_of
 from projections.invoicing import Invoicing, ReplayCheck
+from projections.registry import live_version
 
 CONSISTENCY_POLL_S: Final = 0.02
 
@@ -42,7 +43,7 @@ class Auditing:
         store: PostgresEventStore,
         catalog: CatalogCommands,
         invoicing: Invoicing,
-        audit_log: AuditLog,
+        audit_log: Callable[[int], AuditLog],
     ) -> None:
         self._pool = pool
         self._store = store
@@ -82,7 +83,7 @@ class Auditing:
     async def entries(self, query: AuditQuery, consistency_token: int = 0) -> list[AuditEntry]:
         """A page of the audit log, once it has caught up with ``consistency_token``."""
         async with self._pool.connection() as conn:
-            log = self._audit_log
+            log = self._audit_log(await live_version(conn, AuditLog.name))
             while await checkpoint_of(conn, log.name, log.version) < consistency_token:
                 await conn.rollback()  # a fresh snapshot on the next read
                 await asyncio.sleep(CONSISTENCY_POLL_S)

@@ -12,14 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import TupleRow
 
-from ledger.store.event_store import NOTIFY_CHANNEL, Pool, read_after
+from ledger.core.errors import DomainError, Rule, invalid
+from ledger.store.event_store import NOTIFY_CHANNEL, Pool, read_after, read_head
 from ledger.store.records import StoredEvent
+from projections.registry import (
+    REGISTRY_DDL,
+    State,
+    make_live,
+    register,
+    state_of,
+    versions_in,
+)
 
 BATCH_EVENTS_MAX: Final = 2_000
 POLL_INTERVAL_S: Final = 1.0
@@ -44,32 +55,70 @@ class Projection(Protocol):
     def ddl(self) -> Sequence[str]:
         """Statements that create the projection's tables if they are missing."""
 
+    def drop_ddl(self) -> Sequence[str]:
+        """Statements that drop the projection's tables."""
+
     async def apply(self, cur: AsyncCursor[TupleRow], events: Sequence[StoredEvent]) -> None:
         """Apply events (in ledger order) inside the runner's transaction."""
 
 
-class ProjectionRunner:
-    """Keeps a set of projections caught up with the ledger."""
+ProjectionFactory = Callable[[int], Projection]
 
-    def __init__(self, pool: Pool, projections: Sequence[Projection]) -> None:
+
+@dataclass(frozen=True)
+class BuildProgress:
+    projection: str
+    version: int
+    checkpoint: int
+    head: int
+    events_per_s: float  # a rate for people to read, never a money path
+
+
+class ProjectionRunner:
+    """Keeps the live version of each projection caught up with the ledger.
+
+    With several runners (replicas), each projection is applied by the one
+    holding its lease, a session advisory lock: when that runner dies its
+    connection closes, the lock is released, and another runner takes over
+    at its next poll.
+    """
+
+    def __init__(self, pool: Pool, definitions: Mapping[str, ProjectionFactory]) -> None:
         self._pool = pool
-        self._projections = projections
+        self._definitions = definitions
+        self._instances: dict[tuple[str, int], Projection] = {}
         self._wake = asyncio.Event()
+        self.leases_held: set[str] = set()
+
+    def projection(self, name: str, version: int) -> Projection:
+        """The projection object for a name and version (one instance each)."""
+        if (name, version) not in self._instances:
+            if name not in self._definitions:
+                raise invalid("name", f"unknown projection {name!r}")
+            self._instances[(name, version)] = self._definitions[name](version)
+        return self._instances[(name, version)]
 
     async def setup(self) -> None:
-        """Create checkpoint and projection tables (idempotent)."""
+        """Create registry, checkpoints and live tables; version 1 is live at first."""
         async with self._pool.connection() as conn, conn.transaction():
             # One creator at a time: concurrent CREATE IF NOT EXISTS can still collide.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('accrual.projections'))")
             await conn.execute(CHECKPOINTS_DDL)
-            for projection in self._projections:
-                for statement in projection.ddl():
-                    await conn.execute(statement)
-                await conn.execute(
-                    "INSERT INTO projection_checkpoints (name, version) VALUES (%s, %s)"
-                    " ON CONFLICT DO NOTHING",
-                    (projection.name, projection.version),
-                )
+            for statement in REGISTRY_DDL:
+                await conn.execute(statement)
+            live = dict(await versions_in(conn, State.LIVE))
+            for name in self._definitions:
+                if name not in live:
+                    await register(conn, name, 1, State.LIVE)
+                    live[name] = 1
+                await _create(conn, self.projection(name, live[name]))
+
+    async def live_projections(self) -> list[Projection]:
+        async with self._pool.connection() as conn:
+            live = await versions_in(conn, State.LIVE)
+        return [
+            self.projection(name, version) for name, version in live if name in self._definitions
+        ]
 
     async def run_batch(self, projection: Projection, limit: int = BATCH_EVENTS_MAX) -> int:
         """Apply one batch of at most ``limit`` events; return how many it held."""
@@ -87,27 +136,46 @@ class ProjectionRunner:
                 )
             return len(events)
 
-    async def catch_up(self) -> int:
-        """Apply batches until every projection has reached the head."""
+    async def catch_up(self, names: set[str] | None = None) -> int:
+        """Apply batches until the live projections (or those named) reach the head."""
         applied = 0
-        for projection in self._projections:
+        for projection in await self.live_projections():
+            if names is not None and projection.name not in names:
+                continue
             while (count := await self.run_batch(projection)) > 0:
                 applied += count
         return applied
 
     async def run_forever(self, stop: asyncio.Event) -> None:
-        """Catch up whenever the ledger notifies an append, or every poll interval."""
+        """Hold leases and catch up on every append notification, or every poll interval."""
         listener = asyncio.create_task(self._listen(stop))
         try:
-            while not stop.is_set():
-                await self.catch_up()
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL_S)
+            async with self._pool.connection() as lease_conn:
+                await lease_conn.set_autocommit(True)
+                while not stop.is_set():
+                    await self._take_leases(lease_conn)
+                    await self.catch_up(self.leases_held)
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL_S)
+                # Closing returns the connection to the pool; release the leases first.
+                await lease_conn.execute("SELECT pg_advisory_unlock_all()")
+                self.leases_held.clear()
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+
+    async def _take_leases(self, conn: AsyncConnection[TupleRow]) -> None:
+        for name in self._definitions:
+            if name in self.leases_held:
+                continue
+            cur = await conn.execute(
+                "SELECT pg_try_advisory_lock(hashtext(%s))", (f"accrual.projection.{name}",)
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0]:
+                self.leases_held.add(name)
 
     async def _listen(self, stop: asyncio.Event) -> None:
         # A lost notification only delays work until the next poll, never loses it.
@@ -120,6 +188,86 @@ class ProjectionRunner:
                         self._wake.set()
             except OSError:
                 await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def start_rebuild(self, name: str, version: int) -> Projection:
+        """Register a new version beside the live one and create its empty tables."""
+        projection = self.projection(name, version)
+        async with self._pool.connection() as conn, conn.transaction():
+            existing = await state_of(conn, name, version)
+            if existing is not None and existing is not State.BUILDING:
+                message = f"{name} v{version} is already {existing.value}; pick a new version"
+                raise DomainError(Rule.PROJECTION_VERSION_EXISTS, message)
+            await register(conn, name, version, State.BUILDING)
+            await _create(conn, projection)
+        return projection
+
+    async def build(self, projection: Projection) -> AsyncIterator[BuildProgress]:
+        """Catch a version up from its checkpoint to the head, reporting progress."""
+        started, applied = time.monotonic(), 0
+        while (count := await self.run_batch(projection)) > 0:
+            applied += count
+            yield await self._progress(projection, applied, started)
+        yield await self._progress(projection, applied, started)
+
+    async def swap(self, name: str, version: int) -> int | None:
+        """Make a caught-up version live in one transaction; return the retired version."""
+        projection = self.projection(name, version)
+        async with self._pool.connection() as conn, conn.transaction():
+            if await state_of(conn, name, version) is not State.BUILDING:
+                raise DomainError(
+                    Rule.PROJECTION_NOT_BUILDING, f"{name} v{version} is not being built"
+                )
+            checkpoint = await _lock_checkpoint(conn, projection)
+            # The last events since the build caught up, applied in the swap itself.
+            while events := await read_after(conn, checkpoint, BATCH_EVENTS_MAX):
+                async with conn.cursor() as cur:
+                    await projection.apply(cur, events)
+                checkpoint = events[-1].seq
+            await conn.execute(
+                "UPDATE projection_checkpoints SET seq = %s, updated_at = now()"
+                " WHERE name = %s AND version = %s",
+                (checkpoint, name, version),
+            )
+            return await make_live(conn, name, version)
+
+    async def drop(self, name: str, version: int) -> None:
+        """Drop a retired version's tables, on request only."""
+        projection = self.projection(name, version)
+        async with self._pool.connection() as conn, conn.transaction():
+            state = await state_of(conn, name, version)
+            if state is State.LIVE or state is None:
+                raise DomainError(
+                    Rule.PROJECTION_NOT_BUILDING, f"{name} v{version} cannot be dropped"
+                )
+            for statement in projection.drop_ddl():
+                await conn.execute(statement)
+            await conn.execute(
+                "DELETE FROM projection_checkpoints WHERE name = %s AND version = %s",
+                (name, version),
+            )
+            await conn.execute(
+                "DELETE FROM projection_registry WHERE name = %s AND version = %s", (name, version)
+            )
+
+    async def _progress(
+        self, projection: Projection, applied: int, started: float
+    ) -> BuildProgress:
+        async with self._pool.connection() as conn:
+            checkpoint = await checkpoint_of(conn, projection.name, projection.version)
+            head = (await read_head(conn)).seq
+        elapsed = max(time.monotonic() - started, 1e-9)
+        return BuildProgress(
+            projection.name, projection.version, checkpoint, head, applied / elapsed
+        )
+
+
+async def _create(conn: AsyncConnection[TupleRow], projection: Projection) -> None:
+    for statement in projection.ddl():
+        await conn.execute(statement)
+    await conn.execute(
+        "INSERT INTO projection_checkpoints (name, version) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+        (projection.name, projection.version),
+    )
 
 
 async def checkpoint_of(conn: AsyncConnection[TupleRow], name: str, version: int) -> int:
@@ -137,5 +285,5 @@ async def _lock_checkpoint(conn: AsyncConnection[TupleRow], projection: Projecti
         (projection.name, projection.version),
     )
     row = await cur.fetchone()
-    assert row is not None, "setup() registers every projection"
+    assert row is not None, "setup() or start_rebuild() registers every projection"
     return int(row[0])

@@ -39,6 +39,7 @@ from ledger.core.metering import Tally, UsageKey, fold_usage, merge_tallies
 from ledger.store.event_store import Pool, PostgresEventStore, read_head, read_stream_between
 from ledger.store.records import StoredEvent
 from projections.engine import checkpoint_of
+from projections.registry import live_version
 from projections.usage_rollups import BUCKET, UsageRollups, bucket_start
 
 Conn = AsyncConnection[TupleRow]
@@ -98,7 +99,7 @@ class Invoicing:
         pool: Pool,
         *,
         store: PostgresEventStore,
-        rollups: UsageRollups,
+        rollups: Callable[[int], UsageRollups],
         clock: Callable[[], datetime],
         finalize_grace: timedelta,
         catalog: CatalogCommands,
@@ -207,9 +208,11 @@ class Invoicing:
 
     async def _usage(self, conn: Conn, plan: InvoicePlan, head: int) -> dict[UsageKey, Tally]:
         """The period's tallies: rollups where they exist, raw events everywhere else."""
-        checkpoint = min(await checkpoint_of(conn, self._rollups.name, self._rollups.version), head)
+        # The live version, read in this snapshot: a swap is atomic for this call.
+        rollups = self._rollups(await live_version(conn, UsageRollups.name))
+        checkpoint = min(await checkpoint_of(conn, rollups.name, rollups.version), head)
         stream = usage_stream(plan.customer.customer_id)
-        known = await self._rollups.known_metrics(conn)
+        known = await rollups.known_metrics(conn)
         rolled = [m for m in plan.catalog.metrics.values() if m.metric_id in known]
         # A metric created after the checkpoint has no rollups yet: fold its raw events.
         fresh = [m for m in plan.catalog.metrics.values() if m.metric_id not in known]
@@ -219,7 +222,9 @@ class Invoicing:
             full, edges = _split_hours(segment.period.start, segment.period.end)
             if full is not None:
                 ids = [m.metric_id for m in rolled]
-                parts.append(await self._rolled_up(conn, plan, ids, segment.period.start, full))
+                found = await rollups.tallies(conn, plan.customer.customer_id, ids, full)
+                start = segment.period.start
+                parts.append({(start, m, g): t for (m, g), t in found.items()})
             for edge in edges:
                 edge_events += await read_stream_between(conn, stream, edge, (0, checkpoint))
         period = (plan.period.start, plan.period.end)
@@ -236,17 +241,6 @@ class Invoicing:
         plan: InvoicePlan, rows: Sequence[StoredEvent], metrics: Iterable[BillableMetric]
     ) -> dict[UsageKey, Tally]:
         return fold_usage(sequenced(rows), metrics, plan.segment_starts, plan.period.end)
-
-    async def _rolled_up(
-        self,
-        conn: Conn,
-        plan: InvoicePlan,
-        metric_ids: list[str],
-        segment_start: datetime,
-        hours: Span,
-    ) -> dict[UsageKey, Tally]:
-        found = await self._rollups.tallies(conn, plan.customer.customer_id, metric_ids, hours)
-        return {(segment_start, metric_id, group): t for (metric_id, group), t in found.items()}
 
     def _snapshot(self) -> _Snapshot:
         return _Snapshot(self._pool)

@@ -89,6 +89,10 @@ class UsageRollups:
                 PRIMARY KEY (customer_id, metric_id, bucket_start, group_key, reason))""",
         ]
 
+    def drop_ddl(self) -> Sequence[str]:
+        tables = (self.rollups, self.unbilled, self.distinct, self.metrics)
+        return [f"DROP TABLE IF EXISTS {table}" for table in tables]
+
     async def apply(self, cur: AsyncCursor[TupleRow], events: Sequence[StoredEvent]) -> None:
         metrics = await self._metrics(cur)
         pending: dict[RollupKey, Tally] = {}

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -21,7 +22,7 @@ from ledger.core.validation import UsagePolicy
 from ledger.store.event_store import Pool, PostgresEventStore
 from projections.audit_log import AuditLog
 from projections.auditing import Auditing
-from projections.engine import ProjectionRunner
+from projections.engine import ProjectionFactory, ProjectionRunner
 from projections.invoicing import Invoicing
 from projections.usage_rollups import UsageRollups
 from services.config import Settings
@@ -45,22 +46,25 @@ class App:
     customers: CustomerCommands
     invoicing: Invoicing
     auditing: Auditing
-    rollups: UsageRollups
-    audit_log: AuditLog
     runner: ProjectionRunner
+
+
+# Every projection the runner keeps, by name; a class builds any version of it.
+PROJECTIONS: Final[dict[str, ProjectionFactory]] = {
+    UsageRollups.name: UsageRollups,
+    AuditLog.name: AuditLog,
+}
 
 
 def wire(settings: Settings, pool: Pool, clock: Clock = utc_now) -> App:
     """Build the application over an open pool."""
     store = PostgresEventStore(pool, clock)
-    rollups = UsageRollups()
     policy = UsagePolicy(late_window=settings.late_usage, future_tolerance=settings.future_usage)
     catalog = CatalogCommands(store, clock)
-    audit_log = AuditLog()
     invoicing = Invoicing(
         pool,
         store=store,
-        rollups=rollups,
+        rollups=UsageRollups,
         clock=clock,
         finalize_grace=settings.finalize_grace,
         catalog=catalog,
@@ -74,11 +78,9 @@ def wire(settings: Settings, pool: Pool, clock: Clock = utc_now) -> App:
         customers=CustomerCommands(store, clock),
         invoicing=invoicing,
         auditing=Auditing(
-            pool, store=store, catalog=catalog, invoicing=invoicing, audit_log=audit_log
+            pool, store=store, catalog=catalog, invoicing=invoicing, audit_log=AuditLog
         ),
-        rollups=rollups,
-        audit_log=audit_log,
-        runner=ProjectionRunner(pool, [rollups, audit_log]),
+        runner=ProjectionRunner(pool, PROJECTIONS),
     )
 
 

@@ -42,6 +42,9 @@ class Rule(Enum):
     IDEMPOTENCY_KEY_REUSED = ("idempotency_key_reused_with_different_request", Kind.EXISTS)
     STREAM_VERSION_CONFLICT = ("stream_version_conflict", Kind.CONFLICT)
     BATCH_TOO_LARGE = ("batch_too_large", Kind.INVALID)
+    PROJECTION_VERSION_EXISTS = ("projection_version_exists", Kind.EXISTS)
+    PROJECTION_NOT_BUILDING = ("projection_not_building", Kind.PRECONDITION)
+    PROJECTION_NOT_RETIRED = ("projection_not_retired", Kind.PRECONDITION)
 
     def __init__(self, code: str, kind: Kind) -> None:
         self.code = code

@@ -140,7 +140,9 @@ def test_drafts_from_rollups_equal_replays_at_every_stage(database_url: str) -> 
         )
 
         assert await assert_drafts_equal_replays(app) == 2  # nothing rolled up yet
-        await app.runner.run_batch(app.rollups, limit=150)  # part of the ledger
+        await app.runner.run_batch(
+            app.runner.projection("usage_rollups", 1), limit=150
+        )  # part of the ledger
         assert await assert_drafts_equal_replays(app) == 2
         await app.runner.catch_up()
         assert await assert_drafts_equal_replays(app) == 2  # everything rolled up

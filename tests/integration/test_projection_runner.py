@@ -62,10 +62,10 @@ def test_two_runners_at_once_apply_each_event_once(database_url: str) -> None:
     async def body(app: App) -> None:
         await seed(app)
         async with open_pool(database_url, 4) as other_pool:
-            other = ProjectionRunner(other_pool, [UsageRollups()])
+            other = ProjectionRunner(other_pool, {"usage_rollups": UsageRollups})
             small_batches = [
-                app.runner.run_batch(app.rollups, limit=50),
-                other.run_batch(UsageRollups(), limit=50),
+                app.runner.run_batch(app.runner.projection("usage_rollups", 1), limit=50),
+                other.run_batch(other.projection("usage_rollups", 1), limit=50),
             ] * 10
             await asyncio.gather(*small_batches)
             await asyncio.gather(app.runner.catch_up(), other.catch_up())
@@ -85,11 +85,11 @@ class FailingRollups(UsageRollups):
 def test_a_batch_that_fails_leaves_neither_rows_nor_checkpoint(database_url: str) -> None:
     async def body(app: App) -> None:
         await seed(app)
-        await app.runner.run_batch(app.rollups, limit=100)
+        await app.runner.run_batch(app.runner.projection("usage_rollups", 1), limit=100)
         before = await rolled_up(app)
-        failing = ProjectionRunner(app.pool, [FailingRollups()])
+        failing = ProjectionRunner(app.pool, {"usage_rollups": FailingRollups})
         with pytest.raises(RuntimeError, match="crash"):
-            await failing.run_batch(FailingRollups(), limit=100)
+            await failing.run_batch(failing.projection("usage_rollups", 1), limit=100)
         assert await rolled_up(app) == before
         await app.runner.catch_up()
         assert await rolled_up(app) == (EVENTS, 2 * EVENTS)
