@@ -236,9 +236,8 @@ class ProjectionRunner:
         async with self._pool.connection() as conn, conn.transaction():
             state = await state_of(conn, name, version)
             if state is State.LIVE or state is None:
-                raise DomainError(
-                    Rule.PROJECTION_NOT_BUILDING, f"{name} v{version} cannot be dropped"
-                )
+                message = f"{name} v{version} is live or unknown; only retired versions are dropped"
+                raise DomainError(Rule.PROJECTION_NOT_RETIRED, message)
             for statement in projection.drop_ddl():
                 await conn.execute(statement)
             await conn.execute(

@@ -1,4 +1,5 @@
-"""The ``accrual`` command: serve, migrate, project, replay, verify, digest, simulate, audit."""
+"""The ``accrual`` command: serve, migrate, project, projections, replay, verify, digest,
+simulate, audit."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 from ledger.core.errors import DomainError
 from services.cli.audit import add_commands as add_audit_commands
 from services.cli.operate import add_commands as add_operating_commands
+from services.cli.projections import add_commands as add_projection_commands
 from services.config import ConfigError, Settings
 from services.logs import configure_logging
 
@@ -18,6 +20,7 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
     add_operating_commands(commands)
     add_audit_commands(commands)
+    add_projection_commands(commands)
     return root
 
 

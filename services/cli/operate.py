@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import signal
 
 import structlog
 
@@ -36,14 +38,21 @@ def migrate_command(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def project_command(settings: Settings, args: argparse.Namespace) -> int:
+    """The projection runner as its own process (one of any number of replicas)."""
+    runner_only = dataclasses.replace(settings, run_projector=False)
     with database(settings) as url:
 
         async def main() -> None:
-            async with running_app(settings, url) as app:
-                applied = await app.runner.catch_up()
-                _log.info("caught up", events=applied)
-                if not args.once:
-                    await app.runner.run_forever(asyncio.Event())
+            async with running_app(runner_only, url) as app:
+                if args.once:
+                    applied = await app.runner.catch_up()
+                    _log.info("caught up", events=applied)
+                    return
+                stop = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(signum, stop.set)
+                await app.runner.run_forever(stop)
 
         asyncio.run(main())
     return 0
