@@ -1,0 +1,193 @@
+"""Projection operations on real PostgreSQL: crashes, replicas, rebuilds."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+
+from ledger.app.catalog import MetricInput
+from ledger.app.context import RequestContext
+from ledger.app.usage import UsageInput, UsageStatus
+from projections.engine import POLL_INTERVAL_S, ProjectionRunner
+from services.bootstrap import PROJECTIONS, App, open_pool, running_app
+from services.config import Settings
+
+NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
+CTX = RequestContext(actor="test", reason="projection operations test")
+TABLES = {
+    "usage_rollups": (
+        "usage_rollups_v{}",
+        "usage_unbilled_v{}",
+        "usage_distinct_v{}",
+        "usage_rollup_metrics_v{}",
+    ),
+    "audit_log": ("audit_entries_v{}",),
+}
+
+
+def run_app(database_url: str, body: Callable[[App], Awaitable[None]]) -> None:
+    settings = dataclasses.replace(Settings.from_env({}), run_projector=False)
+
+    async def main() -> None:
+        async with running_app(settings, database_url, clock=lambda: NOW) as app:
+            await body(app)
+
+    asyncio.run(main())
+
+
+async def seed(app: App, events: int, *, offset: int = 0) -> None:
+    if offset == 0:
+        await app.catalog.create_metric(
+            MetricInput("tokens", "Tokens", "completion", "SUM", "tokens", group_by=["model"]),
+            CTX,
+        )
+        await app.catalog.create_metric(
+            MetricInput("users", "Users", "completion", "UNIQUE", "user"), CTX
+        )
+        for n in range(3):
+            await app.customers.create_customer(f"c{n}", f"Customer {n}", CTX)
+    rng = random.Random(offset)
+    for start in range(offset, offset + events, 1_000):
+        batch = [
+            UsageInput(
+                f"t{n}",
+                f"c{n % 3}",
+                "completion",
+                NOW - timedelta(minutes=rng.randrange(60 * 24 * 30)),
+                properties(rng, n),
+            )
+            for n in range(start, min(start + 1_000, offset + events))
+        ]
+        results = await app.record_usage(batch, CTX)
+        assert all(r.status is UsageStatus.ACCEPTED for r in results)
+
+
+def properties(rng: random.Random, n: int) -> dict[str, str]:
+    values = {"model": rng.choice("ab"), "tokens": str(rng.randrange(1, 999)), "user": str(n % 7)}
+    if n % 50 == 0:
+        del values["tokens"]  # unbilled, with a reason
+    return values
+
+
+def subprocess_env(database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCRUAL_")}
+    return env | {"ACCRUAL_DATABASE_URL": database_url, "ACCRUAL_LOG_FORMAT": "json"}
+
+
+def same_rows(database_url: str, name: str, left: int, right: int) -> None:
+    with psycopg.connect(database_url) as conn:
+        for pattern in TABLES[name]:
+            a, b = pattern.format(left), pattern.format(right)
+            count = conn.execute(f"SELECT count(*) FROM {a}").fetchone()
+            assert count is not None
+            assert count[0] > 0, f"{a} has rows to compare"
+            for x, y in ((a, b), (b, a)):
+                diff = conn.execute(
+                    f"SELECT count(*) FROM (SELECT * FROM {x} EXCEPT ALL SELECT * FROM {y}) d"
+                )
+                assert diff.fetchone() == (0,), f"{x} and {y} differ"
+
+
+def test_sigkill_at_random_points_never_loses_or_doubles_an_event(
+    database_url: str, tmp_path: Path
+) -> None:
+    run_app(database_url, lambda app: seed(app, 12_000))
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(10):
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "project", "--once"],
+            env=subprocess_env(database_url),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.3, 2.0))
+        if runner.poll() is None:
+            runner.send_signal(signal.SIGKILL)
+            kills += 1
+        runner.wait(timeout=30)
+    assert kills >= 3, "most runs were cut off mid catch-up"
+
+    async def finish_and_rebuild(app: App) -> None:
+        await app.runner.catch_up()
+        for name in TABLES:
+            fresh = await app.runner.start_rebuild(name, 2)
+            async for _ in app.runner.build(fresh):
+                pass
+
+    run_app(database_url, finish_and_rebuild)
+    for name in TABLES:
+        same_rows(database_url, name, 1, 2)
+
+
+def test_two_runners_one_applies_and_the_other_takes_over_when_it_dies(database_url: str) -> None:
+    run_app(database_url, lambda app: seed(app, 1_000))
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "project"],
+        env=subprocess_env(database_url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: advisory_locks_held_by_others(database_url) == len(PROJECTIONS), 60)
+
+        async def standby(app: App) -> None:
+            async with open_pool(database_url, 4) as pool:
+                runner = ProjectionRunner(pool, PROJECTIONS)
+                stop = asyncio.Event()
+                task = asyncio.create_task(runner.run_forever(stop))
+                await asyncio.sleep(2 * POLL_INTERVAL_S)
+                assert runner.leases_held == set(), "the other runner holds every lease"
+                holder.send_signal(signal.SIGKILL)
+                killed_at = time.monotonic()
+                while runner.leases_held != set(PROJECTIONS):
+                    assert time.monotonic() - killed_at < 10 * POLL_INTERVAL_S, "no takeover"
+                    await asyncio.sleep(0.05)
+                await seed(app, 500, offset=10_000)
+                head = (await app.store.head()).seq
+                while await checkpoints_min(pool) < head:
+                    assert time.monotonic() - killed_at < 30, "the new holder applies events"
+                    await asyncio.sleep(0.05)
+                stop.set()
+                await task
+
+        run_app(database_url, standby)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+async def checkpoints_min(pool: object) -> int:
+    async with pool.connection() as conn:  # type: ignore[attr-defined]
+        cur = await conn.execute("SELECT min(seq) FROM projection_checkpoints")
+        row = await cur.fetchone()
+    return int(row[0])
+
+
+def advisory_locks_held_by_others(database_url: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND pid <> pg_backend_pid() AND database = (SELECT oid FROM pg_database"
+            " WHERE datname = current_database())"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
