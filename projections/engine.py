@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from opentelemetry import metrics
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import TupleRow
 
@@ -127,6 +128,7 @@ class ProjectionRunner:
             events = await read_after(conn, checkpoint, limit)
             if not events:
                 return 0
+            started = time.monotonic()
             async with conn.cursor() as cur:
                 await projection.apply(cur, events)
                 await cur.execute(
@@ -134,7 +136,10 @@ class ProjectionRunner:
                     " WHERE name = %s AND version = %s",
                     (events[-1].seq, projection.name, projection.version),
                 )
-            return len(events)
+            head = (await read_head(conn)).seq
+        elapsed = time.monotonic() - started
+        _METRICS.batch_applied(projection, len(events), elapsed, head - events[-1].seq)
+        return len(events)
 
     async def catch_up(self, names: set[str] | None = None) -> int:
         """Apply batches until the live projections (or those named) reach the head."""
@@ -258,6 +263,38 @@ class ProjectionRunner:
         return BuildProgress(
             projection.name, projection.version, checkpoint, head, applied / elapsed
         )
+
+
+class _Metrics:
+    """Projection throughput and lag, as OpenTelemetry instruments.
+
+    They cost nothing until a meter provider is installed (observability
+    setup); then they are exported with every other metric.
+    """
+
+    def __init__(self) -> None:
+        meter = metrics.get_meter("accrual.projections")
+        self._events = meter.create_counter(
+            "accrual.projection.events", unit="{event}", description="Events applied"
+        )
+        self._duration = meter.create_histogram(
+            "accrual.projection.batch.duration", unit="s", description="Time to apply a batch"
+        )
+        self._lag = meter.create_gauge(
+            "accrual.projection.lag", unit="{event}", description="Ledger head minus checkpoint"
+        )
+
+    def batch_applied(self, projection: Projection, events: int, seconds: float, lag: int) -> None:
+        labels: dict[str, str | int] = {
+            "projection": projection.name,
+            "version": projection.version,
+        }
+        self._events.add(events, labels)
+        self._duration.record(seconds, labels)
+        self._lag.set(lag, labels)
+
+
+_METRICS = _Metrics()
 
 
 async def _create(conn: AsyncConnection[TupleRow], projection: Projection) -> None:
