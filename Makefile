@@ -48,5 +48,8 @@ test: lint ## Lint, then every test that is not marked slow (real PostgreSQL, re
 test-all: lint ## Every test, slow suites included
 	$(BIN)/pytest
 
+bench: install ## Benchmarks on their own database (ACCRUAL_BENCH_EVENTS, default 1,000,000)
+	$(BIN)/python tests/bench/bench_rebuild.py
+
 clean: ## Remove the virtualenv, generated code and caches (not .accrual/ data)
 	rm -rf $(VENV) services/api .mypy_cache .ruff_cache .pytest_cache .hypothesis

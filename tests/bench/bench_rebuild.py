@@ -1,0 +1,126 @@
+"""Benchmark: ledger append, projection rebuild and chain verification on N events.
+
+Run with ``make bench`` (not part of ``make test``). It starts its own
+embedded PostgreSQL (fsync on), loads N usage events with a fixed seed,
+rebuilds every projection from seq 0 and verifies the chain, then prints one
+table and writes it with the machine and versions to tests/bench/results/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from ledger.app.catalog import MetricInput
+from ledger.app.context import RequestContext, request_hash
+from ledger.app.streams import usage_stream
+from ledger.core.events import UsageRecorded, to_payload
+from ledger.store import migrate
+from ledger.store.records import NewEvent
+from ledger.store.verify import verify_ledger
+from services.bootstrap import PROJECTIONS, App, running_app
+from services.config import Settings
+from services.embedded_db import EmbeddedPostgres, free_port
+
+EVENTS = int(os.environ.get("ACCRUAL_BENCH_EVENTS", "1000000"))
+BATCH = 5_000
+CUSTOMERS = 100
+NOW = datetime(2026, 3, 20, 12, tzinfo=UTC)
+CTX = RequestContext(actor="bench", reason="benchmark")
+RESULTS = Path(__file__).parent / "results"
+
+
+def usage(rng: random.Random, n: int) -> NewEvent:
+    customer = f"c{n % CUSTOMERS}"
+    event = UsageRecorded(
+        customer,
+        f"t{n}",
+        "completion",
+        NOW - timedelta(seconds=rng.randrange(30 * 86_400)),
+        {"model": rng.choice(("small", "large")), "tokens": str(rng.randrange(1, 5_000))},
+    )
+    return NewEvent(
+        stream_id=usage_stream(customer),
+        event=event,
+        occurred_at=event.occurred_at,
+        metadata={"actor": "bench"},
+        idempotency_key=f"usage:{customer}:{event.transaction_id}",
+        request_hash=request_hash(to_payload(event)),
+    )
+
+
+async def load(app: App) -> float:
+    await app.catalog.create_metric(
+        MetricInput("tokens", "Tokens", "completion", "SUM", "tokens", group_by=["model"]), CTX
+    )
+    for n in range(CUSTOMERS):
+        await app.customers.create_customer(f"c{n}", f"Customer {n}", CTX)
+    rng = random.Random(20261123)
+    started = time.perf_counter()
+    for start in range(0, EVENTS, BATCH):
+        await app.store.append([usage(rng, n) for n in range(start, min(start + BATCH, EVENTS))])
+    return EVENTS / (time.perf_counter() - started)
+
+
+async def rebuild(app: App, name: str) -> float:
+    projection = await app.runner.start_rebuild(name, 2)
+    started = time.perf_counter()
+    async for _ in app.runner.build(projection):
+        pass
+    return EVENTS / (time.perf_counter() - started)
+
+
+async def measure(app: App) -> dict[str, float]:
+    figures = {"append (batches of 5,000), events/s": await load(app)}
+    for name in PROJECTIONS:
+        figures[f"rebuild {name}, events/s"] = await rebuild(app, name)
+    started = time.perf_counter()
+    report = await verify_ledger(app.store)
+    assert report.ok, report.breach
+    figures["verify chain, events/s"] = report.events_checked / (time.perf_counter() - started)
+    return figures
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as folder:
+        embedded = EmbeddedPostgres(Path(folder) / "pg", free_port(), fsync=True)
+        url = embedded.start()
+        try:
+            migrate.upgrade(url)
+            settings = dataclasses.replace(Settings.from_env({}), run_projector=False)
+
+            async def run() -> dict[str, float]:
+                async with running_app(settings, url, clock=lambda: NOW) as app:
+                    return await measure(app)
+
+            figures = asyncio.run(run())
+        finally:
+            embedded.stop()
+    print(f"\nAccrual benchmark: {EVENTS:,} usage events, {CUSTOMERS} customers")
+    for label, value in figures.items():
+        print(f"  {label:<44} {value:>12,.0f}")
+    record = {
+        "date": datetime.now(UTC).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "python": sys.version.split()[0],
+        "events": EVENTS,
+        "figures": figures,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"rebuild-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"  written to {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
