@@ -90,7 +90,13 @@ class AuditLog:
     def drop_ddl(self) -> Sequence[str]:
         return [f"DROP TABLE IF EXISTS {self.table}"]
 
-    async def apply(self, cur: AsyncCursor[TupleRow], events: Sequence[StoredEvent]) -> None:
+    async def apply(
+        self,
+        cur: AsyncCursor[TupleRow],
+        events: Sequence[StoredEvent],
+        *,
+        replaying: bool = False,  # no side effects to suppress
+    ) -> None:
         rows = [entry_row(e) for e in events if e.event_type not in NOT_ACTIONS]
         if not rows:
             return

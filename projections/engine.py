@@ -59,8 +59,19 @@ class Projection(Protocol):
     def drop_ddl(self) -> Sequence[str]:
         """Statements that drop the projection's tables."""
 
-    async def apply(self, cur: AsyncCursor[TupleRow], events: Sequence[StoredEvent]) -> None:
-        """Apply events (in ledger order) inside the runner's transaction."""
+    async def apply(
+        self,
+        cur: AsyncCursor[TupleRow],
+        events: Sequence[StoredEvent],
+        *,
+        replaying: bool = False,
+    ) -> None:
+        """Apply events (in ledger order) inside the runner's transaction.
+
+        ``replaying`` is true while a version is rebuilt from history: rows
+        are written as usual, but side effects (alerts, notifications) are
+        not acted on again; the live version already did.
+        """
 
 
 ProjectionFactory = Callable[[int], Projection]
@@ -121,7 +132,9 @@ class ProjectionRunner:
             self.projection(name, version) for name, version in live if name in self._definitions
         ]
 
-    async def run_batch(self, projection: Projection, limit: int = BATCH_EVENTS_MAX) -> int:
+    async def run_batch(
+        self, projection: Projection, limit: int = BATCH_EVENTS_MAX, *, replaying: bool = False
+    ) -> int:
         """Apply one batch of at most ``limit`` events; return how many it held."""
         async with self._pool.connection() as conn, conn.transaction():
             checkpoint = await _lock_checkpoint(conn, projection)
@@ -130,7 +143,7 @@ class ProjectionRunner:
                 return 0
             started = time.monotonic()
             async with conn.cursor() as cur:
-                await projection.apply(cur, events)
+                await projection.apply(cur, events, replaying=replaying)
                 await cur.execute(
                     "UPDATE projection_checkpoints SET seq = %s, updated_at = now()"
                     " WHERE name = %s AND version = %s",
@@ -209,7 +222,7 @@ class ProjectionRunner:
     async def build(self, projection: Projection) -> AsyncIterator[BuildProgress]:
         """Catch a version up from its checkpoint to the head, reporting progress."""
         started, applied = time.monotonic(), 0
-        while (count := await self.run_batch(projection)) > 0:
+        while (count := await self.run_batch(projection, replaying=True)) > 0:
             applied += count
             yield await self._progress(projection, applied, started)
         yield await self._progress(projection, applied, started)
@@ -226,7 +239,8 @@ class ProjectionRunner:
             # The last events since the build caught up, applied in the swap itself.
             while events := await read_after(conn, checkpoint, BATCH_EVENTS_MAX):
                 async with conn.cursor() as cur:
-                    await projection.apply(cur, events)
+                    # The live version already acted on these events.
+                    await projection.apply(cur, events, replaying=True)
                 checkpoint = events[-1].seq
             await conn.execute(
                 "UPDATE projection_checkpoints SET seq = %s, updated_at = now()"

@@ -93,7 +93,13 @@ class UsageRollups:
         tables = (self.rollups, self.unbilled, self.distinct, self.metrics)
         return [f"DROP TABLE IF EXISTS {table}" for table in tables]
 
-    async def apply(self, cur: AsyncCursor[TupleRow], events: Sequence[StoredEvent]) -> None:
+    async def apply(
+        self,
+        cur: AsyncCursor[TupleRow],
+        events: Sequence[StoredEvent],
+        *,
+        replaying: bool = False,  # no side effects to suppress
+    ) -> None:
         metrics = await self._metrics(cur)
         pending: dict[RollupKey, Tally] = {}
         for stored in events:

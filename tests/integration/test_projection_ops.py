@@ -10,15 +10,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+from psycopg import AsyncCursor
+from psycopg.rows import TupleRow
 
 from ledger.app.catalog import MetricInput
 from ledger.app.context import RequestContext
 from ledger.app.usage import UsageInput, UsageStatus
+from ledger.store.records import StoredEvent
 from projections.engine import POLL_INTERVAL_S, ProjectionRunner
 from services.bootstrap import PROJECTIONS, App, open_pool, running_app
 from services.config import Settings
@@ -191,3 +194,62 @@ def wait_for(condition: Callable[[], bool], timeout_s: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.1)
+
+
+class Notifier:
+    """A projection with a side effect: it 'sends' a notice per customer created."""
+
+    name = "notifier"
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+
+    def ddl(self) -> list[str]:
+        return [
+            f"CREATE TABLE IF NOT EXISTS notices_v{self.version} (seq bigint PRIMARY KEY)",
+            "CREATE TABLE IF NOT EXISTS notices_sent (seq bigint, version int)",
+        ]
+
+    def drop_ddl(self) -> list[str]:
+        return [f"DROP TABLE IF EXISTS notices_v{self.version}"]
+
+    async def apply(
+        self, cur: AsyncCursor[TupleRow], events: Sequence[StoredEvent], *, replaying: bool = False
+    ) -> None:
+        for event in events:
+            if event.event_type != "CustomerCreated":
+                continue
+            await cur.execute(f"INSERT INTO notices_v{self.version} VALUES (%s)", (event.seq,))
+            if not replaying:
+                await cur.execute(
+                    "INSERT INTO notices_sent VALUES (%s, %s)", (event.seq, self.version)
+                )
+
+
+def test_a_rebuild_writes_rows_but_repeats_no_side_effect(database_url: str) -> None:
+    async def body(app: App) -> None:
+        runner = ProjectionRunner(app.pool, {"notifier": Notifier})
+        await runner.setup()
+        for n in range(3):
+            await app.customers.create_customer(f"n{n}", "Notified", CTX)
+        await runner.catch_up()
+        rebuilt = await runner.start_rebuild("notifier", 2)
+        async for _ in runner.build(rebuilt):
+            pass
+        await app.customers.create_customer("n-late", "Arrives before the swap", CTX)
+        await runner.catch_up()  # v1, still live, acts on it
+        assert await runner.swap("notifier", 2) == 1
+        await app.customers.create_customer("n-after", "Arrives after the swap", CTX)
+        await runner.catch_up()
+        async with app.pool.connection() as conn:
+            cur = await conn.execute("SELECT version, count(*) FROM notices_sent GROUP BY 1")
+            sent = dict(await cur.fetchall())
+            cur = await conn.execute("SELECT count(*) FROM notices_v2")
+            rows = await cur.fetchone()
+        # v1 sent for the four customers created while it was live; the rebuild and the
+        # swap (which applies n-late to v2) sent nothing again; v2, once live, sends
+        # for what arrives after the swap.
+        assert sent == {1: 4, 2: 1}
+        assert rows == (5,)
+
+    run_app(database_url, body)

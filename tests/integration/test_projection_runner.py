@@ -77,8 +77,14 @@ def test_two_runners_at_once_apply_each_event_once(database_url: str) -> None:
 class FailingRollups(UsageRollups):
     """Writes its rows, then fails before the batch commits, like a crash."""
 
-    async def apply(self, cur: AsyncCursor[TupleRow], events: Sequence[StoredEvent]) -> None:
-        await super().apply(cur, events)
+    async def apply(
+        self,
+        cur: AsyncCursor[TupleRow],
+        events: Sequence[StoredEvent],
+        *,
+        replaying: bool = False,
+    ) -> None:
+        await super().apply(cur, events, replaying=replaying)
         raise RuntimeError("crash after writing rows, before the checkpoint commits")
 
 
