@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from ledger.core.invoice import InvoiceLine
+from ledger.core.money import EXACT, exact_sum
 
 _NEVER = datetime.max.replace(tzinfo=UTC)
 
@@ -64,8 +65,8 @@ def draw_down(lines: Sequence[InvoiceLine], balances: Sequence[Balance]) -> Cred
             if available <= 0 or not balance.covers(line.product_id):
                 continue
             taken = min(owed, available)
-            remaining[balance.grant_id] = available - taken
-            owed -= taken
+            remaining[balance.grant_id] = EXACT.subtract(available, taken)
+            owed = EXACT.subtract(owed, taken)
             drawdowns.append(Drawdown(balance.grant_id, line.product_id, taken))
-    applied = sum((d.amount for d in drawdowns), Decimal(0))
+    applied = exact_sum(d.amount for d in drawdowns)
     return CreditResult(tuple(drawdowns), applied, remaining)

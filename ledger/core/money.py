@@ -7,6 +7,7 @@ amount is rounded once, to the minor unit of its currency, half away from zero.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from decimal import ROUND_HALF_UP, Context, Decimal, InvalidOperation, localcontext
 from typing import Final
 
@@ -70,6 +71,14 @@ def parse_decimal(text: str, field: str, *, allow_negative: bool = False) -> Dec
 def is_decimal_text(text: str) -> bool:
     """True when ``text`` is an acceptable decimal string."""
     return _DECIMAL_TEXT.fullmatch(text) is not None
+
+
+def exact_sum(values: Iterable[Decimal], start: Decimal = Decimal(0)) -> Decimal:
+    """Sum without the default context's 28-digit rounding."""
+    total = start
+    for value in values:
+        total = EXACT.add(total, value)
+    return total
 
 
 def round_amount(amount: Decimal, decimals: int) -> Decimal:

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
 
 from ledger.core.catalog import PackageRounding, Rate, RateModel, Tier
-from ledger.core.money import EXACT
+from ledger.core.money import EXACT, exact_sum
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def graduated(tiers: tuple[Tier, ...], quantity: Decimal) -> Charge:
         if tier.up_to is None:
             break
         lower = tier.up_to
-    exact = sum((use.amount for use in uses), Decimal(0))
+    exact = exact_sum(use.amount for use in uses)
     return Charge(exact, _tier_steps(uses, exact), tuple(uses))
 
 

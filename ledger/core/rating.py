@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from ledger.core.catalog import (
@@ -26,7 +26,7 @@ from ledger.core.catalog import (
 )
 from ledger.core.invoice import Invoice, InvoiceLine, UnbilledUsage
 from ledger.core.metering import GroupKey, Tally, UsageKey
-from ledger.core.money import EXACT, round_amount, zero
+from ledger.core.money import EXACT, exact_sum, round_amount, zero
 from ledger.core.periods import Period, period_containing
 from ledger.core.rate_models import Charge, Proration, charge, percentage, shown, whole_days
 
@@ -168,7 +168,7 @@ def rate_invoice(
         else:
             _count_unbilled(_metric_ids(segment.rate_card, catalog), seg_usage, unbilled)
     lines = pricer.lines(segments, unbilled)
-    subtotal = sum((line.amount for line in lines), zero(decimals))
+    subtotal = exact_sum((line.amount for line in lines), zero(decimals))
     versions = sorted({s.rate_card.version for s in segments if s.rate_card is not None})
     return Invoice(
         invoice_id=invoice_id,
@@ -324,13 +324,15 @@ class _Pricer:
     ) -> InvoiceLine:
         rate = self._rate(run, product.product_id, {})
         assert rate is not None
-        base_lines = [
-            line
+        shares = [
+            (line, _share_within(line, run.start, run.end))
             for line in lines
-            if line.product_id in rate.percent_of and run.start <= line.segment_start < run.end
+            if line.product_id in rate.percent_of
         ]
-        base = sum((line.amount for line in base_lines), Decimal(0))
-        exact = percentage(rate, base, tuple(sorted({li.product_id for li in base_lines})))
+        base_lines = [(line, share) for line, share in shares if share]
+        base = exact_sum(EXACT.multiply(line.amount, share) for line, share in base_lines)
+        names = tuple(sorted({line.product_id for line, _ in base_lines}))
+        exact = percentage(rate, base, names)
         priced = finish_line(rate, exact, self._decimals, run.override)
         return self._invoice_line(run, _LineFacts(product, None, {}, base, rate), priced)
 
@@ -353,6 +355,19 @@ class _Pricer:
             tiers=priced.charge.tiers,
             override_id=run.override.override_id if run.override is not None else "",
         )
+
+
+def _share_within(line: InvoiceLine, start: datetime, end: datetime) -> Decimal:
+    """The part of a line's time inside ``[start, end)``: a percentage whose own price
+    changes mid-period takes each base line in proportion to the time it overlaps."""
+    whole = line.segment_end - line.segment_start
+    overlap = min(line.segment_end, end) - max(line.segment_start, start)
+    if overlap <= timedelta(0) or not whole:
+        return Decimal(0)
+    if overlap == whole:
+        return Decimal(1)
+    micro = timedelta(microseconds=1)
+    return EXACT.divide(Decimal(overlap // micro), Decimal(whole // micro))
 
 
 @dataclass(frozen=True)

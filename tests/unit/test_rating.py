@@ -481,3 +481,28 @@ def test_content_sha256_changes_when_a_line_changes(change: dict[str, Any]) -> N
         invoice, lines=(dataclasses.replace(line, **change), *invoice.lines[1:])
     )
     assert content_sha256(changed) != content_sha256(invoice)
+
+
+def percent_of_api(percent: int) -> Rate:
+    return Rate("support", RateModel.PERCENTAGE, percent=Decimal(percent), percent_of=("api",))
+
+
+def test_a_percentage_whose_price_changes_mid_period_takes_its_base_by_time() -> None:
+    """10% then 20% of a 200.00 line that spans both: each rate on its share of the time."""
+    catalog = Catalog(CATALOG.metrics, {**CATALOG.products, "support": Product("support", "S")})
+    api = Rate("api", RateModel.PER_UNIT, Decimal("200.00"))
+    first, second = (
+        version(1, LONG_AGO, api, percent_of_api(10)),
+        version(2, MID, api, percent_of_api(20)),
+    )
+    invoice = bill({(START, "calls", ("eu",)): Tally(count=1)}, [first, second], catalog=catalog)
+    support = [(li.segment_start, li.amount) for li in invoice.lines if li.product_id == "support"]
+    seconds = timedelta(seconds=1)
+    share_first = (
+        Decimal(200) * Decimal((MID - START) // seconds) / Decimal((END - START) // seconds)
+    )
+    cent = Decimal("0.01")
+    assert support == [
+        (START, (share_first / 10).quantize(cent, rounding="ROUND_HALF_UP")),
+        (MID, ((Decimal(200) - share_first) / 5).quantize(cent, rounding="ROUND_HALF_UP")),
+    ]
