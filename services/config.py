@@ -29,6 +29,8 @@ class Settings:
     log_format: str
     digest_key_file: Path | None
     digest_algorithm: str
+    prometheus_address: tuple[str, int] | None
+    health_check_interval_s: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -52,6 +54,8 @@ class Settings:
             digest_algorithm=_choice(
                 env, "ACCRUAL_DIGEST_ALGORITHM", "ed25519", {"ed25519", "hmac-sha256"}
             ),
+            prometheus_address=_host_port(env, "ACCRUAL_PROMETHEUS_ADDRESS"),
+            health_check_interval_s=_int(env, "ACCRUAL_HEALTH_CHECK_INTERVAL_S", 2, 1, 300),
         )
 
 
@@ -84,6 +88,16 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: set[str]) 
     if value not in allowed:
         raise ConfigError(f"{name}={value!r} must be one of {', '.join(sorted(allowed))}")
     return value
+
+
+def _host_port(env: Mapping[str, str], name: str) -> tuple[str, int] | None:
+    raw = env.get(name, "")
+    if not raw:
+        return None
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ConfigError(f"{name}={raw!r} must be host:port, e.g. 0.0.0.0:9464")
+    return host, int(port)
 
 
 def _address(value: str) -> str:

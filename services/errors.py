@@ -22,6 +22,7 @@ from grpc_status import rpc_status
 from psycopg_pool import PoolTimeout
 
 from ledger.core.errors import DomainError, Kind
+from services.observe import observed_call
 
 ERROR_DOMAIN: Final = "accrual.v1"
 
@@ -81,32 +82,33 @@ _UNAVAILABLE: Final = _status(
 )
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: Exception, method: str) -> None:
-    """Answer the call with the status for ``error``; never returns normally."""
+def _status_of(error: Exception, method: str) -> status_pb2.Status:
+    """The status that answers ``error``; unexpected errors are logged with their stack."""
     if isinstance(error, DomainError):
-        status = status_for(error)
-    elif isinstance(error, psycopg.OperationalError | PoolTimeout):
-        _log.warning("database unavailable", method=method, exc_info=error)
-        status = _UNAVAILABLE
-    else:
-        _log.error("unexpected error", method=method, exc_info=error)
-        status = _INTERNAL
-    await context.abort_with_status(rpc_status.to_status(status))
+        return status_for(error)
+    if isinstance(error, psycopg.OperationalError | PoolTimeout):
+        _log.warning("database unavailable", exc_info=error)
+        return _UNAVAILABLE
+    _log.error("unexpected error", method=method, exc_info=error)
+    return _INTERNAL
 
 
 def rpc(
     method: Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]],
 ) -> Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]:
-    """Wrap a servicer method: domain errors become rich statuses, the rest INTERNAL."""
+    """Wrap a servicer method: observed (logs, metrics), and every error a proper status."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Request, context: grpc.aio.ServicerContext) -> Response:
-        try:
-            return await method(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as error:
-            await _abort(context, error, method.__qualname__)
+        with observed_call(context, method.__name__) as call:
+            try:
+                return await method(self, request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                status = _status_of(error, method.__qualname__)
+                call.code = code_pb2.Code.Name(status.code)
+                await context.abort_with_status(rpc_status.to_status(status))
         raise AssertionError("abort_with_status always raises")
 
     return wrapper
@@ -121,12 +123,15 @@ def rpc_stream(
     async def wrapper(
         self: Any, request: Request, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Response]:
-        try:
-            async for item in method(self, request, context):
-                yield item
-        except grpc.aio.AbortError:
-            raise
-        except Exception as error:
-            await _abort(context, error, method.__qualname__)
+        with observed_call(context, method.__name__) as call:
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                status = _status_of(error, method.__qualname__)
+                call.code = code_pb2.Code.Name(status.code)
+                await context.abort_with_status(rpc_status.to_status(status))
 
     return wrapper

@@ -6,6 +6,18 @@ import logging
 import sys
 
 import structlog
+from opentelemetry import trace
+
+
+def add_trace_context(
+    _: object, __: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Put the current trace and span ids on the line, so logs join traces."""
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:
+        event["trace_id"] = format(span.trace_id, "032x")
+        event["span_id"] = format(span.span_id, "016x")
+    return event
 
 
 def configure_logging(log_format: str, level: int = logging.INFO) -> None:
@@ -17,6 +29,7 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_trace_context,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -19,6 +19,10 @@ from psycopg import sql
 
 from ledger.store import migrate
 from services.embedded_db import EmbeddedPostgres, free_port
+from services.logs import configure_logging
+
+# As the service logs: JSON lines on stderr (stdout stays the programs' own output).
+configure_logging("json")
 
 TEMPLATE = f"accrual_template_{os.getpid()}"
 

@@ -140,6 +140,10 @@ class CatalogCommands:
         if published and published[0].currency != cmd.currency:
             # Contracts bill in their card's currency; a new version cannot switch it.
             violations.add("currency", f"rate card is in {published[0].currency}")
+        elif published and decimals is not None and published[0].currency_decimals != decimals:
+            # Changing a unit's places would re-round the open drafts of earlier periods.
+            places = published[0].currency_decimals
+            violations.add("currency_decimals", f"rate card's unit has {places} places")
         violations.raise_if_any()
         assert decimals is not None
         return RateCardVersion(

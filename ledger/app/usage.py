@@ -11,6 +11,7 @@ from typing import Final
 from ledger.app.catalog import MetricRegistry
 from ledger.app.context import RequestContext, request_hash
 from ledger.app.streams import customer_stream, usage_stream
+from ledger.core.canonical import canonical_json
 from ledger.core.catalog import BillableMetric
 from ledger.core.errors import DomainError, FieldViolation, Rule
 from ledger.core.events import UsageRecorded, to_payload
@@ -78,15 +79,38 @@ class RecordUsage:
                 f"{len(items)} events in one call; the limit is {BATCH_EVENTS_MAX}",
                 (FieldViolation("events", f"at most {BATCH_EVENTS_MAX} events per call"),),
             )
-        rejections = await self._rejections(items)
-        accepted = [i for i, r in zip(items, rejections, strict=True) if r is None]
-        outcomes = iter(await self._store.append([self._new_event(i, ctx) for i in accepted]))
-        return [
-            UsageResult(item.transaction_id, UsageStatus.REJECTED, rejection)
-            if rejection is not None
-            else _result(item, next(outcomes))
-            for item, rejection in zip(items, rejections, strict=True)
-        ]
+        # A retry is answered from the ledger before any rule is checked again: the
+        # late window or a new metric may refuse now what was accepted then.
+        earlier = await self._earlier_results(items)
+        fresh = [item for item, result in zip(items, earlier, strict=True) if result is None]
+        rejections = dict(zip(map(id, fresh), await self._rejections(fresh), strict=True))
+        writable = [item for item in fresh if rejections[id(item)] is None]
+        outcomes = iter(await self._store.append([self._new_event(i, ctx) for i in writable]))
+        results = []
+        for item, answered in zip(items, earlier, strict=True):
+            reason = rejections.get(id(item))
+            if answered is not None:
+                results.append(answered)
+            elif reason is not None:
+                results.append(UsageResult(item.transaction_id, UsageStatus.REJECTED, reason))
+            else:
+                results.append(_result(item, next(outcomes)))
+        return results
+
+    async def _earlier_results(self, items: Sequence[UsageInput]) -> list[UsageResult | None]:
+        """DUPLICATE (or REJECTED for another event) for keys already in the ledger."""
+        keys = [usage_key(i.customer_id, i.transaction_id) for i in items]
+        found = await self._store.find_keys(keys)
+        results: list[UsageResult | None] = []
+        for item, key in zip(items, keys, strict=True):
+            earlier = found.get(key)
+            if earlier is None:
+                results.append(None)
+                continue
+            seq, digest = earlier
+            same = item.occurred_at is not None and digest == _hash(_event(item))
+            results.append(_result(item, Duplicate(seq) if same else KeyReused(seq)))
+        return results
 
     async def _rejections(self, items: Sequence[UsageInput]) -> list[str | None]:
         now = self._clock()
@@ -112,22 +136,35 @@ class RecordUsage:
         return rejections
 
     def _new_event(self, item: UsageInput, ctx: RequestContext) -> NewEvent:
-        assert item.occurred_at is not None, "validated before writing"
-        event = UsageRecorded(
-            customer_id=item.customer_id,
-            transaction_id=item.transaction_id,
-            event_type=item.event_type,
-            occurred_at=item.occurred_at,
-            properties=dict(item.properties),
-        )
+        event = _event(item)
         return NewEvent(
             stream_id=usage_stream(item.customer_id),
             event=event,
-            occurred_at=item.occurred_at,
+            occurred_at=event.occurred_at,
             metadata=ctx.metadata(),
-            idempotency_key=f"usage:{item.customer_id}:{item.transaction_id}",
-            request_hash=request_hash(to_payload(event)),
+            idempotency_key=usage_key(item.customer_id, item.transaction_id),
+            request_hash=_hash(event),
         )
+
+
+def usage_key(customer_id: str, transaction_id: str) -> str:
+    """The idempotency key of a usage event: unambiguous for any pair of ids."""
+    return "usage:" + canonical_json([customer_id, transaction_id]).decode()
+
+
+def _event(item: UsageInput) -> UsageRecorded:
+    assert item.occurred_at is not None, "validated before writing"
+    return UsageRecorded(
+        customer_id=item.customer_id,
+        transaction_id=item.transaction_id,
+        event_type=item.event_type,
+        occurred_at=item.occurred_at,
+        properties=dict(item.properties),
+    )
+
+
+def _hash(event: UsageRecorded) -> str:
+    return request_hash(to_payload(event))
 
 
 def _non_decimal_quantity(item: UsageInput, metrics: Iterable[BillableMetric]) -> str | None:

@@ -112,6 +112,9 @@ def _check_product_fits(
     violations: Violations, where: str, rate: RateSpec, product: Product, context: RateContext
 ) -> None:
     model = RateModel(rate.model)
+    if not model.needs_metric and rate.group_values:
+        # Flat fees and percentages are one line per product, not one per group.
+        violations.add(f"{where}.group_values", f"a {model.value} rate applies to no group")
     if model.needs_metric and not product.metric_id:
         violations.add(f"{where}.model", f"{model.value} needs a product measured by a metric")
         return

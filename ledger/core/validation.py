@@ -18,7 +18,9 @@ from ledger.core.errors import Violations
 ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+=-]{0,127}")
 NAME_PATTERN: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,127}")
 PROPERTIES_MAX: Final = 64
-PROPERTY_VALUE_CHARS_MAX: Final = 1_024
+# Values become parts of index keys (pricing groups, distinct values): keep them short.
+PROPERTY_VALUE_CHARS_MAX: Final = 200
+GROUP_BY_MAX: Final = 8
 TEXT_CHARS_MAX: Final = 512
 
 
@@ -108,6 +110,8 @@ def check_metric(
             violations.add(f"metric.filters[{i}].op", "must be 'in' or 'exists'")
         elif op == FilterOp.IN.value and not values:
             violations.add(f"metric.filters[{i}].values", "'in' needs at least one value")
+    if len(group_by) > GROUP_BY_MAX:
+        violations.add("metric.group_by", f"at most {GROUP_BY_MAX} properties")
     for i, name in enumerate(group_by):
         check_name(violations, f"metric.group_by[{i}]", name)
     if len(set(group_by)) != len(group_by):

@@ -111,9 +111,12 @@ class PostgresEventStore:
 
     async def find_key(self, idempotency_key: str) -> tuple[int, str | None] | None:
         """``(seq, request_hash)`` of the event written under a key, if any."""
+        return (await self.find_keys([idempotency_key])).get(idempotency_key)
+
+    async def find_keys(self, keys: Sequence[str]) -> dict[str | None, tuple[int, str | None]]:
+        """``(seq, request_hash)`` per key already in the ledger."""
         async with self._pool.connection() as conn:
-            found = await _existing_keys(conn, [idempotency_key])
-        return found.get(idempotency_key)
+            return await _existing_keys(conn, list(keys))
 
     async def read_at(self, seq: int) -> StoredEvent:
         """The event at ``seq`` (which must exist)."""

@@ -32,9 +32,16 @@ def upgrade(database_url: str) -> None:
     command.upgrade(_config(database_url), "head")
 
 
+def head_revision() -> str | None:
+    """The newest revision this code knows."""
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
 def pending(database_url: str) -> bool:
     """Whether migrations remain to be applied."""
-    head = ScriptDirectory.from_config(_config(database_url)).get_current_head()
+    head = head_revision()
     engine = create_engine(_sqlalchemy_url(database_url), poolclass=pool.NullPool)
     try:
         with engine.connect() as connection:

@@ -1,0 +1,54 @@
+"""Per-call observation: log context, one log line and RPC metrics for every call."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from opentelemetry import metrics
+
+from services.request import request_context
+
+_log = structlog.get_logger("accrual.rpc")
+_meter = metrics.get_meter("accrual.rpc")
+_duration = _meter.create_histogram(
+    "accrual.rpc.duration", unit="ms", description="Server time per call, by method and code"
+)
+_calls = _meter.create_counter(
+    "accrual.rpc.calls", unit="{call}", description="Calls by method and status code"
+)
+
+
+@dataclass
+class Call:
+    method: str
+    code: str = "OK"
+
+
+@contextlib.contextmanager
+def observed_call(context: grpc.aio.ServicerContext, method: str) -> Iterator[Call]:
+    """Bind method, request id and principal to every log line of the call, then log
+    the outcome and record its latency and status code."""
+    ctx = request_context(context)
+    structlog.contextvars.bind_contextvars(
+        method=method, request_id=ctx.request_id, principal=ctx.actor
+    )
+    call = Call(method)
+    started = time.perf_counter()
+    try:
+        yield call
+    except BaseException:
+        if call.code == "OK":
+            call.code = "CANCELLED"
+        raise
+    finally:
+        elapsed_ms = (time.perf_counter() - started) * 1_000
+        labels = {"rpc.method": method, "rpc.grpc.status_code": call.code}
+        _duration.record(elapsed_ms, labels)
+        _calls.add(1, labels)
+        _log.info("rpc", code=call.code, duration_ms=round(elapsed_ms, 3))
+        structlog.contextvars.clear_contextvars()
