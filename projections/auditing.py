@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,15 +13,16 @@ from typing import Final
 
 from ledger.app.audit import ReplayItem, SimulationRow, replay_customer, simulate_pricing
 from ledger.app.catalog import CatalogCommands
-from ledger.core.errors import Violations, invalid
+from ledger.core.errors import DomainError, Rule, Violations, invalid
 from ledger.store.event_store import Pool, PostgresEventStore
 from ledger.store.verify import VerifyReport, verify_progress
-from projections.audit_log import AuditEntry, AuditLog, AuditQuery
+from projections.audit_log import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, AuditEntry, AuditLog, AuditQuery
 from projections.engine import checkpoint_of
 from projections.invoicing import Invoicing, ReplayCheck
 from projections.registry import live_version
 
 CONSISTENCY_POLL_S: Final = 0.02
+CONSISTENCY_WAIT_S: Final = 5.0
 
 
 @dataclass(frozen=True)
@@ -80,14 +83,39 @@ class Auditing:
             raise invalid("from_seq", "must be 1 or more")
         return verify_progress(self._store, from_seq, to_seq)
 
-    async def entries(self, query: AuditQuery, consistency_token: int = 0) -> list[AuditEntry]:
-        """A page of the audit log, once it has caught up with ``consistency_token``."""
+    async def entries(
+        self, query: AuditQuery, consistency_token: int = 0
+    ) -> tuple[list[AuditEntry], str]:
+        """A page of the audit log and the next page's token ('' at the end).
+
+        With a consistency token, waits (bounded) until the log has caught up
+        with that ledger position; a token beyond the ledger is refused.
+        """
+        if query.page_size < 0:
+            raise invalid("page_size", "must not be negative")
+        size = min(query.page_size or PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)
+        await self._wait_for(consistency_token)
         async with self._pool.connection() as conn:
             log = self._audit_log(await live_version(conn, AuditLog.name))
-            while await checkpoint_of(conn, log.name, log.version) < consistency_token:
-                await conn.rollback()  # a fresh snapshot on the next read
-                await asyncio.sleep(CONSISTENCY_POLL_S)
-            return await log.entries(conn, query)
+            entries = await log.entries(conn, dataclasses.replace(query, page_size=size))
+        token = str(entries[-1].seq) if len(entries) == size else ""
+        return entries, token
+
+    async def _wait_for(self, consistency_token: int) -> None:
+        if consistency_token <= 0:
+            return
+        if consistency_token > (await self._store.head()).seq:
+            raise invalid("consistency_token", "is beyond the ledger's head")
+        deadline = time.monotonic() + CONSISTENCY_WAIT_S
+        while True:
+            async with self._pool.connection() as conn:
+                version = await live_version(conn, AuditLog.name)
+                if await checkpoint_of(conn, AuditLog.name, version) >= consistency_token:
+                    return
+            if time.monotonic() > deadline:
+                message = "the audit log has not caught up with the consistency token yet"
+                raise DomainError(Rule.NOT_CAUGHT_UP, message)
+            await asyncio.sleep(CONSISTENCY_POLL_S)
 
     async def simulate(
         self, rate_card_id: str, version: int, start: datetime | None, end: datetime | None

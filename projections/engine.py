@@ -17,9 +17,12 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+import psycopg
+import structlog
 from opentelemetry import metrics
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import TupleRow
+from psycopg_pool import PoolTimeout
 
 from ledger.core.errors import DomainError, Rule, invalid
 from ledger.store.event_store import NOTIFY_CHANNEL, Pool, read_after, read_head
@@ -35,6 +38,9 @@ from projections.registry import (
 
 BATCH_EVENTS_MAX: Final = 2_000
 POLL_INTERVAL_S: Final = 1.0
+RETRY_DELAY_S: Final = 2.0
+
+_log = structlog.get_logger("accrual.projections")
 
 CHECKPOINTS_DDL: Final = """
 CREATE TABLE IF NOT EXISTS projection_checkpoints (
@@ -165,24 +171,42 @@ class ProjectionRunner:
         return applied
 
     async def run_forever(self, stop: asyncio.Event) -> None:
-        """Hold leases and catch up on every append notification, or every poll interval."""
+        """Hold leases and catch up on every append notification, or every poll interval.
+
+        Errors never stop the runner: a failed batch committed nothing and is
+        retried; a lost lease connection (database restart) is replaced, and
+        the leases are taken again, or by another runner first.
+        """
         listener = asyncio.create_task(self._listen(stop))
         try:
-            async with self._pool.connection() as lease_conn:
-                await lease_conn.set_autocommit(True)
+            while not stop.is_set():
+                try:
+                    await self._hold_leases_and_apply(stop)
+                except Exception:
+                    self.leases_held.clear()
+                    _log.exception("projection runner failed; retrying")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), RETRY_DELAY_S)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def _hold_leases_and_apply(self, stop: asyncio.Event) -> None:
+        async with self._pool.connection() as lease_conn:
+            await lease_conn.set_autocommit(True)
+            try:
                 while not stop.is_set():
                     await self._take_leases(lease_conn)
                     await self.catch_up(self.leases_held)
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL_S)
-                # Closing returns the connection to the pool; release the leases first.
-                await lease_conn.execute("SELECT pg_advisory_unlock_all()")
+            finally:
+                # The connection goes back to the pool: release the leases first.
+                with contextlib.suppress(psycopg.Error):
+                    await lease_conn.execute("SELECT pg_advisory_unlock_all()")
                 self.leases_held.clear()
-        finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
 
     async def _take_leases(self, conn: AsyncConnection[TupleRow]) -> None:
         for name in self._definitions:
@@ -204,7 +228,7 @@ class ProjectionRunner:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     async for _ in conn.notifies():
                         self._wake.set()
-            except OSError:
+            except (OSError, psycopg.Error, PoolTimeout):
                 await asyncio.sleep(POLL_INTERVAL_S)
 
     async def start_rebuild(self, name: str, version: int) -> Projection:

@@ -9,12 +9,13 @@ before the call, and its cost does not grow with the number of events.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
-from psycopg import AsyncConnection, IsolationLevel
+from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from ledger.app.billing import (
@@ -36,7 +37,13 @@ from ledger.core.errors import DomainError, FieldViolation, Rule, Violations, in
 from ledger.core.events import InvoiceFinalized, UsageRecorded
 from ledger.core.invoice import Invoice, content_sha256
 from ledger.core.metering import Tally, UsageKey, fold_usage, merge_tallies
-from ledger.store.event_store import Pool, PostgresEventStore, read_head, read_stream_between
+from ledger.store.event_store import (
+    Pool,
+    PostgresEventStore,
+    read_head,
+    read_stream_between,
+    snapshot,
+)
 from ledger.store.records import StoredEvent
 from projections.engine import checkpoint_of
 from projections.registry import live_version
@@ -242,31 +249,8 @@ class Invoicing:
     ) -> dict[UsageKey, Tally]:
         return fold_usage(sequenced(rows), metrics, plan.segment_starts, plan.period.end)
 
-    def _snapshot(self) -> _Snapshot:
-        return _Snapshot(self._pool)
-
-
-class _Snapshot:
-    """A read-only REPEATABLE READ transaction: one consistent view of the ledger."""
-
-    def __init__(self, pool: Pool) -> None:
-        self._pool = pool
-
-    async def __aenter__(self) -> Conn:
-        self._context = self._pool.connection()
-        conn = await self._context.__aenter__()
-        await conn.set_isolation_level(IsolationLevel.REPEATABLE_READ)
-        await conn.set_read_only(True)
-        self._conn = conn
-        return conn
-
-    async def __aexit__(self, *exc: object) -> None:
-        try:
-            await self._conn.rollback()
-            await self._conn.set_isolation_level(None)
-            await self._conn.set_read_only(None)
-        finally:
-            await self._context.__aexit__(None, None, None)
+    def _snapshot(self) -> contextlib.AbstractAsyncContextManager[Conn]:
+        return snapshot(self._pool)
 
 
 async def _locate(

@@ -20,7 +20,7 @@ from psycopg.rows import TupleRow
 from ledger.core.canonical import canonical_json
 from ledger.core.catalog import BillableMetric
 from ledger.core.codec import decode, encode
-from ledger.core.events import BillableMetricCreated, UsageRecorded
+from ledger.core.events import BillableMetricCreated, UsageRecorded, from_payload
 from ledger.core.metering import GroupKey, Latest, Tally, group_of, measure
 from ledger.store.records import StoredEvent
 
@@ -189,18 +189,22 @@ class UsageRollups:
         """Fold the usage recorded before the metric existed (rare and bounded by batches)."""
         after = 0
         while True:
+            # partition leads the primary key: without it every batch scans the table.
             await cur.execute(
-                "SELECT seq, payload FROM events WHERE event_type = 'UsageRecorded'"
-                " AND seq > %s AND seq < %s ORDER BY seq LIMIT %s",
+                "SELECT seq, schema_version, payload FROM events WHERE partition = 0"
+                " AND seq > %s AND seq < %s AND event_type = 'UsageRecorded'"
+                " ORDER BY seq LIMIT %s",
                 (after, seq, BACKFILL_BATCH),
             )
             rows = await cur.fetchall()
             if not rows:
                 return
             pending: dict[RollupKey, Tally] = {}
-            for row_seq, payload in rows:
+            for row_seq, schema_version, payload in rows:
                 after = row_seq
-                event = decode(UsageRecorded, json.loads(bytes(payload)))
+                # Through the upcasters, as every other reader of stored events.
+                event = from_payload(UsageRecorded.EVENT_TYPE, schema_version, json.loads(payload))
+                assert isinstance(event, UsageRecorded)
                 _accumulate(pending, row_seq, event, [metric])
             await self._flush(cur, pending)
 

@@ -22,7 +22,7 @@ from ledger.core.catalog import (
     RateCardVersion,
     RateModel,
 )
-from ledger.core.errors import invalid
+from ledger.core.errors import DomainError, invalid
 from ledger.core.invoice import Invoice, InvoiceLine
 from ledger.core.rate_diff import FieldChange, RateCardDiff
 from ledger.core.rate_specs import RateSpec, TierSpec
@@ -38,6 +38,9 @@ from services.api.accrual.v1 import (
     usage_pb2,
 )
 
+# Business instants this service accepts; billing arithmetic stays far from year 9999.
+INSTANT_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+INSTANT_MAX = datetime(3000, 1, 1, tzinfo=UTC)
 # protobuf Timestamps span years 1..9999; Python datetimes do too, but not below.
 _TIMESTAMP_SECONDS_MIN = -62_135_596_800
 _TIMESTAMP_SECONDS_MAX = 253_402_300_799
@@ -53,10 +56,21 @@ def to_datetime(ts: Timestamp) -> datetime | None:
 
 
 def optional_datetime(message: object, field: str) -> datetime | None:
-    """The field as a datetime when it is set, else None."""
+    """The field as a datetime when it is set, else None; out of range is refused."""
     if not message.HasField(field):  # type: ignore[attr-defined]
         return None
-    return to_datetime(getattr(message, field))
+    value = to_datetime(getattr(message, field))
+    if value is None or not INSTANT_MIN <= value < INSTANT_MAX:
+        raise invalid(field, "is outside the years 1970 to 2999")
+    return value
+
+
+def usage_timestamp(event: usage_pb2.UsageEvent) -> datetime | None:
+    """A usage event's time; a bad one is left None, for that event alone to be refused."""
+    try:
+        return optional_datetime(event, "timestamp")
+    except DomainError:
+        return None
 
 
 def timestamp(value: datetime) -> Timestamp:
@@ -297,7 +311,7 @@ def usage_inputs(events: Iterable[usage_pb2.UsageEvent]) -> list[UsageInput]:
             transaction_id=event.transaction_id,
             customer_id=event.customer_id,
             event_type=event.event_type,
-            occurred_at=optional_datetime(event, "timestamp"),
+            occurred_at=usage_timestamp(event),
             properties=dict(event.properties),
         )
         for event in events

@@ -21,7 +21,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from psycopg_pool import PoolTimeout
 
-from ledger.core.errors import DomainError, Kind
+from ledger.core.errors import DomainError, Kind, Rule
 from services.observe import observed_call
 
 ERROR_DOMAIN: Final = "accrual.v1"
@@ -33,6 +33,7 @@ STATUS_BY_KIND: Final[dict[Kind, grpc.StatusCode]] = {
     Kind.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     Kind.CONFLICT: grpc.StatusCode.ABORTED,
     Kind.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Kind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
 }
 
 _log = structlog.get_logger("accrual.errors")
@@ -58,7 +59,7 @@ def status_for(error: DomainError) -> status_pb2.Status:
                 ]
             )
         )
-    if error.rule.kind in (Kind.CONFLICT, Kind.EXHAUSTED):
+    if error.rule.kind in (Kind.CONFLICT, Kind.EXHAUSTED, Kind.UNAVAILABLE):
         details.append(
             error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=50_000_000))
         )
@@ -86,11 +87,29 @@ def _status_of(error: Exception, method: str) -> status_pb2.Status:
     """The status that answers ``error``; unexpected errors are logged with their stack."""
     if isinstance(error, DomainError):
         return status_for(error)
-    if isinstance(error, psycopg.OperationalError | PoolTimeout):
+    if _database_unreachable(error):
         _log.warning("database unavailable", exc_info=error)
         return _UNAVAILABLE
+    if isinstance(error, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
+        return status_for(
+            DomainError(Rule.STREAM_VERSION_CONFLICT, "a concurrent write won; retry")
+        )
     _log.error("unexpected error", method=method, exc_info=error)
     return _INTERNAL
+
+
+# SQLSTATE classes of a database that cannot be reached or is going away.
+_UNREACHABLE_SQLSTATES: Final = ("08", "57P01", "57P02", "57P03")
+
+
+def _database_unreachable(error: Exception) -> bool:
+    """Connection failures only: other OperationalErrors (limits) are not retryable."""
+    if isinstance(error, PoolTimeout):
+        return True
+    if not isinstance(error, psycopg.OperationalError):
+        return False
+    state = error.sqlstate
+    return state is None or state.startswith(_UNREACHABLE_SQLSTATES)
 
 
 def rpc(

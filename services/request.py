@@ -5,10 +5,13 @@ from __future__ import annotations
 import grpc
 
 from ledger.app.context import RequestContext
+from ledger.core.errors import Violations
+from ledger.core.validation import check_text
 
 ACTOR_HEADER = "x-accrual-actor"
 REQUEST_ID_HEADER = "x-request-id"
 ANONYMOUS = "anonymous"
+REQUEST_ID_CHARS_MAX = 128
 
 
 def request_context(
@@ -18,4 +21,10 @@ def request_context(
     metadata = dict(context.invocation_metadata() or ())
     actor = str(metadata.get(ACTOR_HEADER) or ANONYMOUS)[:128]
     header_id = str(metadata.get(REQUEST_ID_HEADER) or "")[:128]
+    violations = Violations()
+    if len(request_id) > REQUEST_ID_CHARS_MAX or any(ord(c) < 32 for c in request_id):
+        violations.add("request_id", f"at most {REQUEST_ID_CHARS_MAX} printable characters")
+    if reason:
+        check_text(violations, "reason", reason)
+    violations.raise_if_any()
     return RequestContext(actor=actor, request_id=request_id or header_id, reason=reason)

@@ -12,9 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from psycopg import AsyncConnection, IsolationLevel
-from psycopg.rows import TupleRow
-
 from ledger.app.billing import (
     Conn,
     load_catalog,
@@ -39,7 +36,7 @@ from ledger.core.billing import (
 from ledger.core.catalog import Contract, RateCardVersion
 from ledger.core.events import ContractCreated
 from ledger.core.invoice import Invoice, content_sha256
-from ledger.store.event_store import Pool, iter_streams, read_head, read_types_at
+from ledger.store.event_store import Pool, iter_streams, read_head, read_types_at, snapshot
 from ledger.store.records import StoredEvent
 
 
@@ -73,8 +70,7 @@ async def replay_customer(
     pricing: RateCardVersion | None = None,
 ) -> AsyncIterator[ReplayItem]:
     """The customer's events in ledger order, then every invoice recomputed from them."""
-    async with pool.connection() as conn:
-        await _snapshot(conn)
+    async with snapshot(pool) as conn:
         through = await _position(conn, up_to_seq, up_to_time)
         customer = await load_customer(conn, customer_id, through)
         streams = await _streams_of(conn, customer, through)
@@ -91,7 +87,6 @@ async def replay_customer(
                     through=through,
                     pricing=pricing,
                 )
-        await conn.rollback()
 
 
 @dataclass(frozen=True)
@@ -120,8 +115,7 @@ async def simulate_pricing(
     drafts as of now; simulated totals price the same usage under ``pricing``.
     """
     rows: list[SimulationRow] = []
-    async with pool.connection() as conn:
-        await _snapshot(conn)
+    async with snapshot(pool) as conn:
         head = (await read_head(conn)).seq
         as_of = await _recorded_at(conn, head)
         end = min(end, as_of) if as_of is not None else start
@@ -133,7 +127,6 @@ async def simulate_pricing(
                 )
                 for number in _numbers_overlapping(contract, start, end)
             ]
-        await conn.rollback()
     return rows
 
 
@@ -182,11 +175,6 @@ async def _replayed(
     if finalized is not None:
         return ReplayedInvoice(invoice, ReplayStatus.FINALIZED, sha, finalized.content_sha256)
     return ReplayedInvoice(invoice, ReplayStatus.DRAFT, sha)
-
-
-async def _snapshot(conn: AsyncConnection[TupleRow]) -> None:
-    await conn.set_isolation_level(IsolationLevel.REPEATABLE_READ)
-    await conn.set_read_only(True)
 
 
 async def _position(conn: Conn, up_to_seq: int | None, up_to_time: datetime | None) -> int:

@@ -116,7 +116,9 @@ async def load_rate_card_versions(
     return versions
 
 
-async def load_catalog(conn: Conn, versions: list[RateCardVersion], through_seq: int) -> Catalog:
+async def load_catalog(
+    conn: Conn, versions: list[RateCardVersion], through_seq: int | None
+) -> Catalog:
     """The products on any of the versions, and their metrics."""
     product_ids = {pid for version in versions for pid in version.product_ids}
     products = {}
@@ -165,7 +167,8 @@ async def plan_invoice(
         contract=contract,
         period=period,
         segments=pricing_segments(contract, period, versions),
-        catalog=await load_catalog(conn, versions, through_seq),
+        # A simulated card may name products created after ``through_seq``.
+        catalog=await load_catalog(conn, versions, through_seq if pricing is None else None),
         currency=(versions[-1].currency, versions[-1].currency_decimals),
         through_seq=through_seq,
     )

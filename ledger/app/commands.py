@@ -56,7 +56,12 @@ async def run_command(
     digest = request_hash(command.content)
     if key is not None and (earlier := await store.find_key(key)) is not None:
         return await _original(store, ctx, command, earlier, digest)
-    writes = await decide()
+    try:
+        writes = await decide()
+    except DomainError:
+        if key is not None and (earlier := await store.find_key(key)) is not None:
+            return await _original(store, ctx, command, earlier, digest)
+        raise
     new_events = [
         NewEvent(
             stream_id=write.stream_id,
@@ -72,6 +77,9 @@ async def run_command(
     try:
         outcomes = await store.append(new_events)
     except DomainError as error:
+        # A concurrent retry of the same request may have won the race: answer as it.
+        if key is not None and (earlier := await store.find_key(key)) is not None:
+            return await _original(store, ctx, command, earlier, digest)
         if error.rule is Rule.STREAM_VERSION_CONFLICT and writes[0].expected_version == 0:
             message = f"{writes[0].stream_id} already exists"
             raise DomainError(command.exists_rule, message) from error

@@ -19,6 +19,7 @@ class Kind(Enum):
     PRECONDITION = "precondition"  # valid request, wrong state of the world
     CONFLICT = "conflict"  # concurrent writer won; retry may succeed
     EXHAUSTED = "exhausted"  # a limit was hit; retry later
+    UNAVAILABLE = "unavailable"  # not right now; retry with backoff
 
 
 class Rule(Enum):
@@ -45,6 +46,7 @@ class Rule(Enum):
     PROJECTION_VERSION_EXISTS = ("projection_version_exists", Kind.EXISTS)
     PROJECTION_NOT_BUILDING = ("projection_not_building", Kind.PRECONDITION)
     PROJECTION_NOT_RETIRED = ("projection_not_retired", Kind.PRECONDITION)
+    NOT_CAUGHT_UP = ("read_model_not_caught_up", Kind.UNAVAILABLE)
 
     def __init__(self, code: str, kind: Kind) -> None:
         self.code = code

@@ -77,7 +77,7 @@ def usage_rejection(
         if len(value) > PROPERTY_VALUE_CHARS_MAX or any(ord(c) < 32 for c in value):
             violations.add(f"properties[{key[:40]!r}]", "value too long or has control characters")
     if occurred_at is None:
-        violations.add("timestamp", "is required")
+        violations.add("timestamp", "is required (and must be a valid instant)")
     elif occurred_at > now + policy.future_tolerance:
         violations.add("timestamp", f"is more than {policy.future_tolerance} in the future")
     elif occurred_at < now - policy.late_window:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from psycopg import AsyncConnection
+import psycopg
+from psycopg import AsyncConnection, IsolationLevel
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
@@ -39,6 +41,26 @@ class Head:
 
     seq: int
     hash: bytes
+
+
+@contextlib.asynccontextmanager
+async def snapshot(pool: Pool) -> AsyncIterator[AsyncConnection[TupleRow]]:
+    """A read-only REPEATABLE READ transaction: one consistent view of the ledger.
+
+    The connection goes back to the pool with its defaults restored, so no
+    later writer inherits a read-only session.
+    """
+    async with pool.connection() as conn:
+        await conn.set_isolation_level(IsolationLevel.REPEATABLE_READ)
+        await conn.set_read_only(True)
+        try:
+            yield conn
+        finally:
+            # A broken connection cannot be reset; the pool discards it anyway.
+            with contextlib.suppress(psycopg.Error):
+                await conn.rollback()
+                await conn.set_isolation_level(None)
+                await conn.set_read_only(None)
 
 
 def stored_event(row: Sequence[Any]) -> StoredEvent:

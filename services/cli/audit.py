@@ -180,7 +180,7 @@ def audit_command(settings: Settings, args: argparse.Namespace) -> int:
             end=_instant(args.end) if args.end else None,
             page_size=args.limit,
         )
-        entries = await app.auditing.entries(query)
+        entries, _ = await app.auditing.entries(query)
         render = reports.audit_json if args.json else reports.audit_line
         return [render(entry) for entry in entries]
 

@@ -79,11 +79,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             page_size=request.page_size,
             after_seq=page_token(request.page_token),
         )
-        entries = await self._auditing.entries(query, request.consistency_token)
-        full = len(entries) == (query.page_size or 100)
+        entries, token = await self._auditing.entries(query, request.consistency_token)
         return audit_pb2.ListAuditEntriesResponse(
-            entries=[audit_entry_message(e) for e in entries],
-            next_page_token=str(entries[-1].seq) if entries and full else "",
+            entries=[audit_entry_message(e) for e in entries], next_page_token=token
         )
 
     @rpc
