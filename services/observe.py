@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import grpc
 import structlog
-from opentelemetry import metrics
+from opentelemetry import metrics, trace
 
 from services.request import request_context
 
@@ -52,3 +53,26 @@ def observed_call(context: grpc.aio.ServicerContext, method: str) -> Iterator[Ca
         _calls.add(1, labels)
         _log.info("rpc", code=call.code, duration_ms=round(elapsed_ms, 3))
         structlog.contextvars.clear_contextvars()
+
+
+_ingest_events = _meter.create_counter(
+    "accrual.ingest.events", unit="{event}", description="Usage events by outcome"
+)
+_ingest_calls = _meter.create_counter(
+    "accrual.ingest.batches", unit="{call}", description="RecordUsage calls"
+)
+
+
+def describe_call(**attributes: str | int) -> None:
+    """Put facts of the call (customer, batch size) on its server span."""
+    span = trace.get_current_span()
+    for key, value in attributes.items():
+        if value != "":
+            span.set_attribute(f"accrual.{key}", value)
+
+
+def record_ingest(statuses: Iterable[str]) -> None:
+    """Count a RecordUsage call and its events by outcome."""
+    _ingest_calls.add(1)
+    for status, count in Counter(statuses).items():
+        _ingest_events.add(count, {"status": status})

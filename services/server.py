@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -25,6 +26,7 @@ from services.api.accrual.v1 import (
     usage_pb2_grpc,
 )
 from services.bootstrap import App
+from services.health import HealthMonitor
 from services.servicers.audit import AuditServicer
 from services.servicers.catalog import CatalogServicer
 from services.servicers.contracts import ContractServicer
@@ -64,13 +66,14 @@ class Server:
         await self.grpc_server.stop(grace_s)
 
 
-def create_server(app: App, address: str) -> Server:
+def create_server(app: App, address: str, interceptors: Sequence[object] = ()) -> Server:
     """A server with every service registered, bound to ``address`` (port 0: any)."""
     server = grpc.aio.server(
+        interceptors=list(interceptors),
         options=[
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
             ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
-        ]
+        ],
     )
     usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(app.record_usage), server)
     catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(app.catalog), server)
@@ -90,9 +93,14 @@ def create_server(app: App, address: str) -> Server:
     return Server(server, port, health_servicer)
 
 
-async def serve(app: App, address: str) -> None:
-    """Serve until SIGINT or SIGTERM, then stop gracefully."""
-    server = create_server(app, address)
+async def serve(app: App, address: str, interceptors: Sequence[object] = ()) -> None:
+    """Serve until SIGINT or SIGTERM, then stop gracefully.
+
+    On a signal: health turns NOT_SERVING, new calls are refused, calls in
+    flight get the grace period to finish, then the pool closes (the caller's
+    ``running_app`` context).
+    """
+    server = create_server(app, address, interceptors)
     await server.start()
     host = address.rpartition(":")[0]
     _log.info("serving", address=f"{host}:{server.port}")
@@ -100,6 +108,11 @@ async def serve(app: App, address: str) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    monitor = HealthMonitor(
+        app.pool, server.health, SERVICE_NAMES, app.settings.health_check_interval_s
+    )
+    watching = asyncio.create_task(monitor.run(stop))
     await stop.wait()
     _log.info("shutting down", grace_s=SHUTDOWN_GRACE_S)
     await server.stop()
+    await watching

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
 import psycopg
+from opentelemetry import metrics
 from psycopg import AsyncConnection, IsolationLevel
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
@@ -33,6 +35,14 @@ _COLUMNS: Final = (
 )
 
 Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
+
+_meter = metrics.get_meter("accrual.ledger")
+_APPEND_MS = _meter.create_histogram(
+    "accrual.ledger.append.duration", unit="ms", description="Append transaction, until durable"
+)
+_APPEND_EVENTS = _meter.create_histogram(
+    "accrual.ledger.append.events", unit="{event}", description="Events per append transaction"
+)
 
 
 @dataclass(frozen=True)
@@ -88,8 +98,12 @@ class PostgresEventStore:
         """
         if not events:
             return []
+        started = time.perf_counter()
         async with self._pool.connection() as conn, conn.transaction():
-            return await self._append_locked(conn, events)
+            outcomes = await self._append_locked(conn, events)
+        _APPEND_MS.record((time.perf_counter() - started) * 1_000)
+        _APPEND_EVENTS.record(len(events))
+        return outcomes
 
     async def _append_locked(
         self, conn: AsyncConnection[TupleRow], events: Sequence[NewEvent]

@@ -14,19 +14,24 @@ from services.bootstrap import running_app
 from services.cli.runtime import database
 from services.config import Settings
 from services.server import serve
+from services.telemetry import configure_telemetry
 
 _log = structlog.get_logger("accrual.cli")
 
 
 def serve_command(settings: Settings, _: argparse.Namespace) -> int:
-    with database(settings) as url:
-        migrate.upgrade(url)
+    telemetry = configure_telemetry(prometheus=settings.prometheus_address)
+    try:
+        with database(settings) as url:
+            migrate.upgrade(url)
 
-        async def main() -> None:
-            async with running_app(settings, url) as app:
-                await serve(app, settings.grpc_address)
+            async def main() -> None:
+                async with running_app(settings, url) as app:
+                    await serve(app, settings.grpc_address, telemetry.server_interceptors())
 
-        asyncio.run(main())
+            asyncio.run(main())
+    finally:
+        telemetry.shutdown()
     return 0
 
 
@@ -40,10 +45,19 @@ def migrate_command(settings: Settings, _: argparse.Namespace) -> int:
 def project_command(settings: Settings, args: argparse.Namespace) -> int:
     """The projection runner as its own process (one of any number of replicas)."""
     runner_only = dataclasses.replace(settings, run_projector=False)
+    telemetry = configure_telemetry(prometheus=settings.prometheus_address)
+    try:
+        _run_projector(runner_only, args)
+    finally:
+        telemetry.shutdown()
+    return 0
+
+
+def _run_projector(settings: Settings, args: argparse.Namespace) -> None:
     with database(settings) as url:
 
         async def main() -> None:
-            async with running_app(runner_only, url) as app:
+            async with running_app(settings, url) as app:
                 if args.once:
                     applied = await app.runner.catch_up()
                     _log.info("caught up", events=applied)
@@ -55,7 +69,6 @@ def project_command(settings: Settings, args: argparse.Namespace) -> int:
                 await app.runner.run_forever(stop)
 
         asyncio.run(main())
-    return 0
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

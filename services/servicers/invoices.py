@@ -8,6 +8,7 @@ from projections.invoicing import InvoiceView, Invoicing, PreviewRequest
 from services.api.accrual.v1 import invoices_pb2, invoices_pb2_grpc
 from services.convert import invoice_message, optional_datetime, rate_card_input, usage_inputs
 from services.errors import rpc
+from services.observe import describe_call
 from services.request import request_context
 
 
@@ -23,6 +24,7 @@ class InvoiceServicer(invoices_pb2_grpc.InvoiceServiceServicer):
     async def GetInvoice(
         self, request: invoices_pb2.GetInvoiceRequest, context: grpc.aio.ServicerContext
     ) -> invoices_pb2.Invoice:
+        describe_call(customer_id=request.customer_id, invoice_id=request.invoice_id)
         view = await self._invoicing.get(
             invoice_id=request.invoice_id,
             customer_id=request.customer_id,
@@ -34,6 +36,7 @@ class InvoiceServicer(invoices_pb2_grpc.InvoiceServiceServicer):
     async def FinalizeInvoice(
         self, request: invoices_pb2.FinalizeInvoiceRequest, context: grpc.aio.ServicerContext
     ) -> invoices_pb2.Invoice:
+        describe_call(invoice_id=request.invoice_id)
         ctx = request_context(context, request_id=request.request_id)
         return _message(await self._invoicing.finalize(request.invoice_id, ctx))
 
