@@ -20,6 +20,19 @@ def add_trace_context(
     return event
 
 
+class _StderrLogger:
+    """Writes each line to the current ``sys.stderr`` (looked up per line, not once)."""
+
+    def __init__(self, *_: object) -> None:
+        pass
+
+    def msg(self, message: str) -> None:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
 def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     """``log_format`` is json, console, or auto (console when stderr is a terminal)."""
     console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
@@ -36,6 +49,6 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_StderrLogger,
         cache_logger_on_first_use=True,
     )

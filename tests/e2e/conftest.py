@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 
@@ -31,11 +31,15 @@ def test_settings(**overrides: object) -> Settings:
 
 
 def _serve_in_thread(
-    database_url: str, settings: Settings, ready: Future[int], stop: threading.Event
+    database_url: str,
+    settings: Settings,
+    ready: Future[int],
+    stop: threading.Event,
+    interceptors: Sequence[object] = (),
 ) -> None:
     async def main() -> None:
         async with running_app(settings, database_url) as app:
-            server = create_server(app, "127.0.0.1:0")
+            server = create_server(app, "127.0.0.1:0", interceptors)
             await server.start()
             ready.set_result(server.port)
             while not stop.is_set():
@@ -53,10 +57,17 @@ def _serve_in_thread(
 @pytest.fixture
 def server(database_url: str) -> Iterator[RunningServer]:
     """The full service on a free loopback port, stopped after the test."""
+    yield from serving(database_url)
+
+
+def serving(database_url: str, interceptors: Sequence[object] = ()) -> Iterator[RunningServer]:
+    """Run the service in a thread for the duration of a fixture."""
     ready: Future[int] = Future()
     stop = threading.Event()
     thread = threading.Thread(
-        target=_serve_in_thread, args=(database_url, test_settings(), ready, stop), daemon=True
+        target=_serve_in_thread,
+        args=(database_url, test_settings(), ready, stop, interceptors),
+        daemon=True,
     )
     thread.start()
     port = ready.result(timeout=60)
