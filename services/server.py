@@ -33,6 +33,9 @@ from services.servicers.contracts import ContractServicer
 from services.servicers.invoices import InvoiceServicer
 from services.servicers.usage import UsageServicer
 
+# Liveness, unlike readiness, stays SERVING while the database is away: a pod that
+# cannot reach its database should stop getting traffic, not be restarted.
+LIVENESS: Final = "accrual.liveness"
 MESSAGE_BYTES_MAX: Final = 8 * 1024 * 1024
 SHUTDOWN_GRACE_S: Final = 10.0
 
@@ -57,7 +60,7 @@ class Server:
 
     async def start(self) -> None:
         await self.grpc_server.start()
-        for name in ("", *SERVICE_NAMES):
+        for name in ("", *SERVICE_NAMES, LIVENESS):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
