@@ -38,6 +38,14 @@ class Simulation:
         return totals
 
 
+def check_range(from_seq: int, to_seq: int | None) -> None:
+    """A verification range must start at 1 or later and not end before it starts."""
+    if from_seq < 1:
+        raise invalid("from_seq", "must be 1 or more")
+    if to_seq is not None and to_seq < from_seq:
+        raise invalid("to_seq", "must not be below from_seq")
+
+
 class Auditing:
     def __init__(
         self,
@@ -79,8 +87,7 @@ class Auditing:
         return await self._invoicing.verify_finalized(invoice_id)
 
     def verify_ledger(self, from_seq: int, to_seq: int | None) -> AsyncIterator[VerifyReport]:
-        if from_seq < 1:
-            raise invalid("from_seq", "must be 1 or more")
+        check_range(from_seq, to_seq)
         return verify_progress(self._store, from_seq, to_seq)
 
     async def entries(

@@ -29,6 +29,10 @@ from ledger.store.event_store import DEFAULT_PARTITION, PostgresEventStore
 from ledger.store.verify import Breach, verify_ledger
 
 
+class KeyFileError(ValueError):
+    """A key file that does not hold a key of the expected algorithm."""
+
+
 class Algorithm(Enum):
     HMAC_SHA256 = "hmac-sha256"
     ED25519 = "ed25519"
@@ -116,10 +120,17 @@ def generate_key(algorithm: Algorithm) -> bytes:
 
 
 def load_key(algorithm: Algorithm, path: Path) -> DigestKey:
+    """A key from its file, checked to be of ``algorithm``."""
     material = path.read_bytes().strip()
-    if algorithm is Algorithm.HMAC_SHA256:
-        material = bytes.fromhex(material.decode())
-    return DigestKey(algorithm, material)
+    try:
+        if algorithm is Algorithm.HMAC_SHA256:
+            material = bytes.fromhex(material.decode())
+        key = DigestKey(algorithm, material)
+        key.key_id  # noqa: B018 - parses the key material now, not at first use
+    except (ValueError, UnicodeDecodeError, AssertionError) as error:
+        message = f"{path} does not hold an {algorithm.value} key (use --algorithm to choose)"
+        raise KeyFileError(message) from error
+    return key
 
 
 async def export_digest(store: PostgresEventStore, key: DigestKey, now: datetime) -> ChainDigest:
@@ -145,6 +156,9 @@ async def check_digest(
     store: PostgresEventStore, digest: ChainDigest, key: DigestKey
 ) -> Breach | None:
     """Whether the ledger still reproduces a digest; the breach names the position."""
+    if digest.algorithm != key.algorithm.value:
+        message = f"the digest was signed with {digest.algorithm}; verify it with such a key"
+        raise KeyFileError(message)
     if not key.verifies(digest.signed_content(), digest.signature):
         return Breach(digest.seq, "the digest's signature does not verify with this key")
     report = await verify_ledger(store, up_to_seq=digest.seq)

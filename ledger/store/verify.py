@@ -95,6 +95,10 @@ async def verify_progress(
     """
     head = await store.head()
     last = head.seq if to_seq is None else min(to_seq, head.seq)
+    if from_seq > last:
+        # Nothing to check is not a breach; callers refuse ranges that make no sense.
+        yield VerifyReport(0, from_seq - 1, b"", None, done=True)
+        return
     state = _Walk(expected_seq=from_seq, prev_hash=GENESIS_HASH if from_seq <= 1 else None)
     async for event in store.scan(from_seq - 1, last):
         breach = state.step(event, genesis=from_seq <= 1)

@@ -12,6 +12,7 @@ from ledger.app.audit import ReplayedInvoice
 from ledger.store.digest import (
     Algorithm,
     ChainDigest,
+    KeyFileError,
     check_digest,
     export_digest,
     generate_key,
@@ -20,6 +21,7 @@ from ledger.store.digest import (
 from ledger.store.records import StoredEvent
 from ledger.store.verify import verify_progress
 from projections.audit_log import AuditQuery
+from projections.auditing import check_range
 from projections.invoicing import ReplayCheck
 from services.bootstrap import App
 from services.cli import reports
@@ -87,6 +89,8 @@ def _invoice_check(check: ReplayCheck, *, as_json: bool) -> str:
 
 
 def verify_command(settings: Settings, args: argparse.Namespace) -> int:
+    check_range(args.from_seq, args.to_seq)
+
     async def body(app: App) -> int:
         final = None
         async for report in verify_progress(app.store, args.from_seq, args.to_seq, args.every):
@@ -110,6 +114,14 @@ def verify_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def digest_command(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        return _digest(settings, args)
+    except KeyFileError as error:
+        print(f"accrual: {error}", file=sys.stderr)
+        return 2
+
+
+def _digest(settings: Settings, args: argparse.Namespace) -> int:
     algorithm = Algorithm(args.algorithm or settings.digest_algorithm)
     if args.action == "keygen":
         return _keygen(algorithm, Path(args.out))
