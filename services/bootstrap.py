@@ -25,7 +25,7 @@ from projections.auditing import Auditing
 from projections.engine import ProjectionFactory, ProjectionRunner
 from projections.invoicing import Invoicing
 from projections.usage_rollups import UsageRollups
-from services.config import Settings
+from services.config import DB_WAIT_S_DEFAULT, Settings
 
 Clock = Callable[[], datetime]
 
@@ -84,9 +84,22 @@ def wire(settings: Settings, pool: Pool, clock: Clock = utc_now) -> App:
     )
 
 
-def open_pool(database_url: str, max_size: int) -> Pool:
+def open_pool(database_url: str, max_size: int, wait_s: int = DB_WAIT_S_DEFAULT) -> Pool:
+    """A pool that fails fast while the database is away and recovers soon after.
+
+    A call waits at most ``wait_s`` for a connection (then UNAVAILABLE, not a
+    hang), and reconnection gives up after a few seconds, so the next call
+    starts a fresh attempt instead of waiting out an ever longer back-off.
+    """
     return AsyncConnectionPool(
-        database_url, min_size=1, max_size=max_size, open=False, name="accrual"
+        database_url,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        name="accrual",
+        timeout=wait_s,
+        reconnect_timeout=2 * wait_s,
+        kwargs={"connect_timeout": wait_s},
     )
 
 
@@ -95,7 +108,7 @@ async def running_app(
     settings: Settings, database_url: str, clock: Clock = utc_now
 ) -> AsyncIterator[App]:
     """An app with an open pool, projection tables, and (if enabled) the projector running."""
-    async with open_pool(database_url, settings.db_pool_max) as pool:
+    async with open_pool(database_url, settings.db_pool_max, settings.db_wait_s) as pool:
         await pool.wait(timeout=30)
         app = wire(settings, pool, clock)
         await app.runner.setup()

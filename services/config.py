@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+DB_WAIT_S_DEFAULT = 2
+
 
 class ConfigError(ValueError):
     """A setting has a value the service cannot run with."""
@@ -25,6 +27,7 @@ class Settings:
     future_usage: timedelta
     finalize_grace: timedelta
     db_pool_max: int
+    db_wait_s: int
     run_projector: bool
     log_format: str
     digest_key_file: Path | None
@@ -46,6 +49,7 @@ class Settings:
                 minutes=_int(env, "ACCRUAL_FINALIZE_GRACE_MINUTES", 60, 0, 60 * 24 * 31)
             ),
             db_pool_max=_int(env, "ACCRUAL_DB_POOL_MAX", 10, 2, 500),
+            db_wait_s=_int(env, "ACCRUAL_DB_WAIT_S", DB_WAIT_S_DEFAULT, 1, 120),
             run_projector=_bool(env, "ACCRUAL_RUN_PROJECTOR", default=True),
             log_format=_choice(env, "ACCRUAL_LOG_FORMAT", "auto", {"auto", "json", "console"}),
             digest_key_file=(
