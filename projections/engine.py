@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Final, Protocol
 
 import psycopg
 import structlog
-from opentelemetry import metrics
+from opentelemetry import metrics, trace
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import TupleRow
 from psycopg_pool import PoolTimeout
@@ -147,6 +148,28 @@ class ProjectionRunner:
             events = await read_after(conn, checkpoint, limit)
             if not events:
                 return 0
+            return await self._apply_batch(conn, projection, events, replaying=replaying)
+
+    async def _apply_batch(
+        self,
+        conn: AsyncConnection[TupleRow],
+        projection: Projection,
+        events: Sequence[StoredEvent],
+        *,
+        replaying: bool,
+    ) -> int:
+        """Apply a batch in its own span, linked to the calls whose events it applies."""
+        attributes: dict[str, str | int | bool] = {
+            "accrual.projection": projection.name,
+            "accrual.projection.version": projection.version,
+            "accrual.events": len(events),
+            "accrual.seq.first": events[0].seq,
+            "accrual.seq.last": events[-1].seq,
+            "accrual.replaying": replaying,
+        }
+        with _tracer.start_as_current_span(
+            f"projection batch {projection.name}", links=_call_links(events), attributes=attributes
+        ):
             started = time.monotonic()
             async with conn.cursor() as cur:
                 await projection.apply(cur, events, replaying=replaying)
@@ -156,7 +179,7 @@ class ProjectionRunner:
                     (events[-1].seq, projection.name, projection.version),
                 )
             head = (await read_head(conn)).seq
-        elapsed = time.monotonic() - started
+            elapsed = time.monotonic() - started
         _METRICS.batch_applied(projection, len(events), elapsed, head - events[-1].seq)
         return len(events)
 
@@ -301,6 +324,29 @@ class ProjectionRunner:
         return BuildProgress(
             projection.name, projection.version, checkpoint, head, applied / elapsed
         )
+
+
+LINKS_MAX: Final = 32
+_tracer = trace.get_tracer("accrual.projections")
+
+
+def _call_links(events: Sequence[StoredEvent]) -> list[trace.Link]:
+    """Links to the traces of the calls that wrote these events (the first few)."""
+    links: dict[tuple[str, str], trace.Link] = {}
+    for event in events:
+        if len(links) >= LINKS_MAX:
+            break
+        metadata = json.loads(bytes(event.metadata))
+        trace_id, span_id = metadata.get("trace_id"), metadata.get("span_id")
+        if trace_id and span_id and (trace_id, span_id) not in links:
+            context = trace.SpanContext(
+                int(trace_id, 16),
+                int(span_id, 16),
+                is_remote=True,
+                trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+            )
+            links[(trace_id, span_id)] = trace.Link(context)
+    return list(links.values())
 
 
 class _Metrics:

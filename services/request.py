@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+from opentelemetry import trace
 
 from ledger.app.context import RequestContext
 from ledger.core.errors import Violations
@@ -27,4 +28,15 @@ def request_context(
     if reason:
         check_text(violations, "reason", reason)
     violations.raise_if_any()
-    return RequestContext(actor=actor, request_id=request_id or header_id, reason=reason)
+    # The call's trace goes into every event's metadata, so work done later on
+    # those events (projection batches) can link back to the call.
+    span = trace.get_current_span().get_span_context()
+    trace_id = format(span.trace_id, "032x") if span.is_valid else ""
+    span_id = format(span.span_id, "016x") if span.is_valid else ""
+    return RequestContext(
+        actor=actor,
+        request_id=request_id or header_id,
+        trace_id=trace_id,
+        span_id=span_id,
+        reason=reason,
+    )

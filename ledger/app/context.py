@@ -15,6 +15,7 @@ class RequestContext:
     actor: str
     request_id: str = ""
     trace_id: str = ""
+    span_id: str = ""
     reason: str = ""
 
     def metadata(self) -> dict[str, str]:
@@ -22,6 +23,7 @@ class RequestContext:
             "actor": self.actor,
             "request_id": self.request_id,
             "trace_id": self.trace_id,
+            "span_id": self.span_id,
             "reason": self.reason,
         }
         return {key: value for key, value in fields.items() if value}

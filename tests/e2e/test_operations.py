@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -444,3 +445,20 @@ def test_sigterm_during_ingest_finishes_calls_and_keeps_every_acknowledged_event
         doubled = [tx for tx in acknowledged if in_ledger[tx] > 1]
         assert not missing, f"{len(missing)} acknowledged events lost, e.g. {missing[:5]}"
         assert not doubled, f"{len(doubled)} events recorded twice, e.g. {doubled[:5]}"
+
+
+def test_metrics_are_on_a_prometheus_scrape_endpoint(tmp_path: Path) -> None:
+    port = free_port()
+    with serving(tmp_path, ACCRUAL_PROMETHEUS_ADDRESS=f"127.0.0.1:{port}") as served:
+        wait_serving(served)
+        create_customer(served.channel, "scraped", timeout=10)
+
+        def scrape() -> str | None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+                text = reply.read().decode()
+            return text if 'rpc_method="CreateCustomer"' in text else None
+
+        text = eventually("the call's metrics on the endpoint", 10, scrape)
+        assert "accrual_rpc_calls" in text
+        assert "accrual_ledger_append_duration" in text
+        assert served.terminate(timeout=30) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -69,3 +70,36 @@ def test_a_call_with_traceparent_is_one_trace_with_sql_spans_and_logs(
         line.get("trace_id") == trace_id and line.get("method") == "CreateCustomer"
         for line in rpc_lines
     ), rpc_lines
+
+
+def test_projection_batches_are_spans_linked_to_the_calls_they_apply(
+    traced_server: RunningServer, telemetry: Telemetry
+) -> None:
+    trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+    contracts_pb2_grpc.ContractServiceStub(traced_server.channel).CreateCustomer(
+        contracts_pb2.CreateCustomerRequest(
+            customer=contracts_pb2.Customer(customer_id="linked", name="Linked Ltd")
+        ),
+        metadata=[("traceparent", f"00-{trace_id}-{parent_id}-01")],
+    )
+    assert telemetry.tracer_provider is not None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        telemetry.tracer_provider.force_flush()
+        batches = [
+            span
+            for span in EXPORTER.get_finished_spans()
+            if span.name.startswith("projection batch")
+            and any(format(link.context.trace_id, "032x") == trace_id for link in span.links)
+        ]
+        if {span.name for span in batches} >= {
+            "projection batch audit_log",
+            "projection batch usage_rollups",
+        }:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the projector's batches link back to the call")
+    # Background work has its own trace, linked to (not inside) the call's.
+    assert all(format(span.context.trace_id, "032x") != trace_id for span in batches)
+    assert all((span.attributes or {}).get("accrual.events", 0) >= 1 for span in batches)
