@@ -20,6 +20,7 @@ from ledger.app.customers import CustomerCommands
 from ledger.app.usage import RecordUsage
 from ledger.core.validation import UsagePolicy
 from ledger.store.event_store import Pool, PostgresEventStore
+from ledger.store.group_commit import GroupCommitter
 from projections.audit_log import AuditLog
 from projections.auditing import Auditing
 from projections.engine import ProjectionFactory, ProjectionRunner
@@ -47,6 +48,7 @@ class App:
     invoicing: Invoicing
     auditing: Auditing
     runner: ProjectionRunner
+    committer: GroupCommitter
 
 
 # Every projection the runner keeps, by name; a class builds any version of it.
@@ -61,6 +63,7 @@ def wire(settings: Settings, pool: Pool, clock: Clock = utc_now) -> App:
     store = PostgresEventStore(pool, clock)
     policy = UsagePolicy(late_window=settings.late_usage, future_tolerance=settings.future_usage)
     catalog = CatalogCommands(store, clock)
+    committer = GroupCommitter(store)
     invoicing = Invoicing(
         pool,
         store=store,
@@ -73,7 +76,9 @@ def wire(settings: Settings, pool: Pool, clock: Clock = utc_now) -> App:
         settings=settings,
         pool=pool,
         store=store,
-        record_usage=RecordUsage(store, MetricRegistry(store), clock, policy),
+        record_usage=RecordUsage(
+            store, MetricRegistry(store), clock, policy, append=committer.append
+        ),
         catalog=catalog,
         customers=CustomerCommands(store, clock),
         invoicing=invoicing,
@@ -81,6 +86,7 @@ def wire(settings: Settings, pool: Pool, clock: Clock = utc_now) -> App:
             pool, store=store, catalog=catalog, invoicing=invoicing, audit_log=AuditLog
         ),
         runner=ProjectionRunner(pool, PROJECTIONS),
+        committer=committer,
     )
 
 
@@ -112,6 +118,7 @@ async def running_app(
         await pool.wait(timeout=30)
         app = wire(settings, pool, clock)
         await app.runner.setup()
+        writer = asyncio.create_task(app.committer.run())
         stop = asyncio.Event()
         projector = (
             asyncio.create_task(app.runner.run_forever(stop)) if settings.run_projector else None
@@ -119,6 +126,9 @@ async def running_app(
         try:
             yield app
         finally:
+            # After the server has let its calls finish: commit what is queued.
+            await app.committer.close()
+            await writer
             stop.set()
             if projector is not None:
                 projector.cancel()

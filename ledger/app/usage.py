@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -22,6 +22,7 @@ from ledger.store.event_store import PostgresEventStore
 from ledger.store.records import Appended, AppendOutcome, Duplicate, KeyReused, NewEvent
 
 BATCH_EVENTS_MAX: Final = 1_000
+Appender = Callable[[Sequence[NewEvent]], Awaitable[list[AppendOutcome]]]
 
 
 class UsageStatus(Enum):
@@ -66,8 +67,11 @@ class RecordUsage:
         metrics: MetricRegistry,
         clock: Callable[[], datetime],
         policy: UsagePolicy,
+        append: Appender | None = None,
     ) -> None:
         self._store = store
+        # Usually a group committer's append: concurrent calls share a transaction.
+        self._append = append or store.append
         self._metrics = metrics
         self._clock = clock
         self._policy = policy
@@ -85,7 +89,7 @@ class RecordUsage:
         fresh = [item for item, result in zip(items, earlier, strict=True) if result is None]
         rejections = dict(zip(map(id, fresh), await self._rejections(fresh), strict=True))
         writable = [item for item in fresh if rejections[id(item)] is None]
-        outcomes = iter(await self._store.append([self._new_event(i, ctx) for i in writable]))
+        outcomes = iter(await self._append([self._new_event(i, ctx) for i in writable]))
         results = []
         for item, answered in zip(items, earlier, strict=True):
             reason = rejections.get(id(item))

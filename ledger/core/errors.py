@@ -47,6 +47,8 @@ class Rule(Enum):
     PROJECTION_NOT_BUILDING = ("projection_not_building", Kind.PRECONDITION)
     PROJECTION_NOT_RETIRED = ("projection_not_retired", Kind.PRECONDITION)
     NOT_CAUGHT_UP = ("read_model_not_caught_up", Kind.UNAVAILABLE)
+    INGEST_QUEUE_FULL = ("ingest_queue_full", Kind.EXHAUSTED)
+    SHUTTING_DOWN = ("shutting_down", Kind.UNAVAILABLE)
 
     def __init__(self, code: str, kind: Kind) -> None:
         self.code = code

@@ -1,0 +1,112 @@
+"""Group commit: concurrent appends coalesced into one transaction.
+
+Every append pays a commit (an fsync) and takes the partition's head lock.
+Under concurrent ingest the writer drains whatever requests are waiting, up
+to ``batch_events_max`` events or ``batch_wait_s``, appends them in one
+transaction, and answers each caller only once that commit is durable. The
+queue of waiting requests is bounded (the group being committed is not
+counted): when it is full a caller is refused at once with a retryable error
+(RESOURCE_EXHAUSTED with retry info) instead of waiting without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from ledger.core.errors import DomainError, Rule
+from ledger.store.event_store import PostgresEventStore
+from ledger.store.records import AppendOutcome, NewEvent
+
+BATCH_EVENTS_MAX: Final = 5_000
+BATCH_WAIT_S: Final = 0.002
+QUEUE_EVENTS_MAX: Final = 50_000
+
+
+@dataclass
+class _Request:
+    events: Sequence[NewEvent]
+    answer: asyncio.Future[list[AppendOutcome]] = field(repr=False)
+
+
+class GroupCommitter:
+    """Appends for many callers, one transaction per group of waiting requests."""
+
+    def __init__(
+        self,
+        store: PostgresEventStore,
+        *,
+        batch_events_max: int = BATCH_EVENTS_MAX,
+        batch_wait_s: float = BATCH_WAIT_S,
+        queue_events_max: int = QUEUE_EVENTS_MAX,
+    ) -> None:
+        self._store = store
+        self._batch_events_max = batch_events_max
+        self._batch_wait_s = batch_wait_s
+        self._queue_events_max = queue_events_max
+        self._waiting: list[_Request] = []
+        self._queued_events = 0
+        self._wake = asyncio.Event()
+        self._closed = False
+        self.transactions = 0
+
+    async def append(self, events: Sequence[NewEvent]) -> list[AppendOutcome]:
+        """Append ``events`` (in order, atomically) as part of the next group."""
+        if not events:
+            return []
+        if self._closed:
+            raise DomainError(Rule.SHUTTING_DOWN, "the service is shutting down; retry elsewhere")
+        if self._queued_events + len(events) > self._queue_events_max:
+            raise DomainError(Rule.INGEST_QUEUE_FULL, "too many appends are waiting; retry shortly")
+        request = _Request(events, asyncio.get_running_loop().create_future())
+        self._waiting.append(request)
+        self._queued_events += len(events)
+        self._wake.set()
+        return await request.answer
+
+    async def run(self) -> None:
+        """The writer: runs until :meth:`close`, then finishes what is queued."""
+        while not (self._closed and not self._waiting):
+            await self._wake.wait()
+            self._wake.clear()
+            if self._waiting and not self._closed:
+                # Let concurrent callers join this group, briefly.
+                await asyncio.sleep(self._batch_wait_s)
+            while self._waiting:
+                await self._commit(self._take_group())
+
+    async def close(self) -> None:
+        """Refuse new appends; the writer commits everything already queued."""
+        self._closed = True
+        self._wake.set()
+
+    def _take_group(self) -> list[_Request]:
+        group: list[_Request] = []
+        events = 0
+        while self._waiting and (
+            not group or events + len(self._waiting[0].events) <= self._batch_events_max
+        ):
+            request = self._waiting.pop(0)
+            group.append(request)
+            events += len(request.events)
+        self._queued_events -= events
+        return group
+
+    async def _commit(self, group: list[_Request]) -> None:
+        events = [event for request in group for event in request.events]
+        try:
+            outcomes = await self._store.append(events)
+        except Exception as error:  # the group failed together; each caller hears why
+            for request in group:
+                if not request.answer.done():
+                    request.answer.set_exception(error)
+            return
+        self.transactions += 1
+        position = 0
+        for request in group:
+            size = len(request.events)
+            if not request.answer.done():
+                request.answer.set_result(outcomes[position : position + size])
+            position += size
