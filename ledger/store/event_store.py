@@ -34,6 +34,12 @@ _COLUMNS: Final = (
     "occurred_at, recorded_at, idempotency_key, request_hash, prev_hash, hash"
 )
 
+# One stream's events with business time in [lo, hi) and seq in (lo, hi].
+_STREAM_BETWEEN: Final = (
+    f"SELECT {_COLUMNS} FROM events WHERE stream_id = %s"  # noqa: S608
+    " AND occurred_at >= %s AND occurred_at < %s AND seq > %s AND seq <= %s ORDER BY seq"
+)
+
 Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
 
 _meter = metrics.get_meter("accrual.ledger")
@@ -179,12 +185,7 @@ class PostgresEventStore:
     ) -> list[StoredEvent]:
         """Non-usage events of the given types with ``seq > after_seq``, in ledger order."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE event_type = ANY(%s)"  # noqa: S608
-                " AND event_type <> 'UsageRecorded' AND seq > %s AND seq <= %s ORDER BY seq",
-                (list(event_types), after_seq, _upper(up_to_seq)),
-            )
-            return [stored_event(row) for row in await cur.fetchall()]
+            return await read_types_at(conn, event_types, _upper(up_to_seq), after_seq)
 
     async def scan(
         self, after_seq: int = 0, up_to_seq: int | None = None, batch: int = 5_000
@@ -290,11 +291,7 @@ async def read_stream_between(
     seqs: tuple[int, int],
 ) -> list[StoredEvent]:
     """A stream's events with business time in ``[lo, hi)`` and seq in ``(lo, hi]``."""
-    cur = await conn.execute(
-        f"SELECT {_COLUMNS} FROM events WHERE stream_id = %s"  # noqa: S608
-        " AND occurred_at >= %s AND occurred_at < %s AND seq > %s AND seq <= %s ORDER BY seq",
-        (stream_id, *occurred, *seqs),
-    )
+    cur = await conn.execute(_STREAM_BETWEEN, (stream_id, *occurred, *seqs))
     return [stored_event(row) for row in await cur.fetchall()]
 
 
@@ -311,11 +308,7 @@ async def iter_stream_between(
     be inside a transaction (a named cursor lives in one).
     """
     async with conn.cursor(name="accrual_stream_between") as cur:
-        await cur.execute(
-            f"SELECT {_COLUMNS} FROM events WHERE stream_id = %s"  # noqa: S608
-            " AND occurred_at >= %s AND occurred_at < %s AND seq > %s AND seq <= %s ORDER BY seq",
-            (stream_id, *occurred, *seqs),
-        )
+        await cur.execute(_STREAM_BETWEEN, (stream_id, *occurred, *seqs))
         while rows := await cur.fetchmany(batch):
             yield [stored_event(row) for row in rows]
 
@@ -336,13 +329,17 @@ async def iter_streams(
 
 
 async def read_types_at(
-    conn: AsyncConnection[TupleRow], event_types: Sequence[str], up_to_seq: int
+    conn: AsyncConnection[TupleRow],
+    event_types: Sequence[str],
+    up_to_seq: int,
+    after_seq: int = 0,
 ) -> list[StoredEvent]:
-    """Non-usage events of the given types through ``up_to_seq``, in ledger order."""
+    """Non-usage events of the given types in ``(after_seq, up_to_seq]``, in ledger order."""
+    # The second event_type test lets the planner use the index that leaves usage out.
     cur = await conn.execute(
         f"SELECT {_COLUMNS} FROM events WHERE event_type = ANY(%s)"  # noqa: S608
-        " AND event_type <> 'UsageRecorded' AND seq <= %s ORDER BY seq",
-        (list(event_types), up_to_seq),
+        " AND event_type <> 'UsageRecorded' AND seq > %s AND seq <= %s ORDER BY seq",
+        (list(event_types), after_seq, up_to_seq),
     )
     return [stored_event(row) for row in await cur.fetchall()]
 
