@@ -19,6 +19,9 @@ from typing import Any
 JsonValue = None | bool | int | str | list["JsonValue"] | dict[str, "JsonValue"]
 
 
+INSTANT_CHARS = len("2026-01-01T00:00:00.000000Z")
+
+
 def format_instant(instant: datetime) -> str:
     """Render an aware instant as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
     assert instant.tzinfo is not None, "instants must be timezone-aware"
@@ -28,8 +31,10 @@ def format_instant(instant: datetime) -> str:
 
 
 def parse_instant(text: str) -> datetime:
-    """Inverse of :func:`format_instant`."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    """Inverse of :func:`format_instant` (strict about the format it accepts)."""
+    if len(text) != INSTANT_CHARS or text[-1] != "Z" or text[10] != "T":
+        raise ValueError(f"not a canonical instant: {text!r}")
+    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 def format_decimal(value: Decimal) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
@@ -43,41 +43,58 @@ def _encode_value(value: Any) -> JsonValue:
 
 def decode(cls: type[T], data: Mapping[str, Any]) -> T:
     """Rebuild a dataclass of type ``cls`` from :func:`encode` output."""
-    hints = _hints(cls)
-    kwargs = {name: _decode_value(hint, data[name]) for name, hint in hints.items() if name in data}
-    return cls(**kwargs)
+    fields = _field_decoders(cls)
+    return cls(**{name: convert(data[name]) for name, convert in fields if name in data})
 
 
-_HINTS: dict[type[Any], dict[str, Any]] = {}
+Decoder = Callable[[Any], Any]
+_FIELDS: dict[type[Any], list[tuple[str, Decoder]]] = {}
+_DECODERS: dict[Any, Decoder] = {}
 
 
-def _hints(cls: type[Any]) -> dict[str, Any]:
-    """Field type hints of a dataclass, resolved once per class."""
-    if cls not in _HINTS:
+def _field_decoders(cls: type[Any]) -> list[tuple[str, Decoder]]:
+    """A decoder per field, built once per class from its type hints.
+
+    Decoding is on the hot path of every projection and replay, so the type
+    inspection happens once, not per value.
+    """
+    if cls not in _FIELDS:
         names = {field.name for field in dataclasses.fields(cls)}
         hints = typing.get_type_hints(cls)
-        _HINTS[cls] = {name: hint for name, hint in hints.items() if name in names}
-    return _HINTS[cls]
+        _FIELDS[cls] = [(name, _decoder(hint)) for name, hint in hints.items() if name in names]
+    return _FIELDS[cls]
 
 
-def _decode_value(hint: Any, raw: Any) -> Any:  # noqa: PLR0911 - one branch per shape
+def _decoder(hint: Any) -> Decoder:
+    if hint not in _DECODERS:
+        _DECODERS[hint] = _build_decoder(hint)
+    return _DECODERS[hint]
+
+
+def _identity(raw: Any) -> Any:
+    return raw
+
+
+def _build_decoder(hint: Any) -> Decoder:  # noqa: PLR0911 - one branch per shape
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if raw is None:
-            return None
         (inner,) = [arg for arg in args if arg is not type(None)]
-        return _decode_value(inner, raw)
+        value = _decoder(inner)
+        return lambda raw: None if raw is None else value(raw)
     if origin is tuple:
-        return tuple(_decode_value(args[0], item) for item in raw)
+        item = _decoder(args[0])
+        return lambda raw: tuple(item(x) for x in raw)
     if origin in (Mapping, dict):
-        return {key: _decode_value(args[1], item) for key, item in raw.items()}
+        value = _decoder(args[1])
+        return lambda raw: {key: value(x) for key, x in raw.items()}
     if dataclasses.is_dataclass(hint):
-        return decode(typing.cast(type[Any], hint), raw)
+        cls = typing.cast(type[Any], hint)
+        return lambda raw: decode(cls, raw)
     if hint is Decimal:
-        return Decimal(raw)
+        return Decimal
     if hint is datetime:
-        return parse_instant(raw)
+        return parse_instant
     if isinstance(hint, type) and issubclass(hint, Enum):
-        return hint(raw)
-    return raw
+        return hint
+    return _identity
