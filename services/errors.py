@@ -21,7 +21,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from psycopg_pool import PoolTimeout
 
-from ledger.core.errors import DomainError, Kind, Rule
+from ledger.core.errors import DomainError, FieldViolation, Kind, Rule
 from services.observe import observed_call
 
 ERROR_DOMAIN: Final = "accrual.v1"
@@ -42,6 +42,15 @@ Request = TypeVar("Request")
 Response = TypeVar("Response")
 
 
+MESSAGE_CHARS_MAX: Final = 500
+VIOLATIONS_MAX: Final = 50
+
+
+def _cut(text: str) -> str:
+    """Errors echo request values; keep them inside gRPC's metadata limits."""
+    return text if len(text) <= MESSAGE_CHARS_MAX else text[:MESSAGE_CHARS_MAX] + "…"
+
+
 def status_for(error: DomainError) -> status_pb2.Status:
     """The rich status of a domain error."""
     code = STATUS_BY_KIND[error.rule.kind]
@@ -53,9 +62,9 @@ def status_for(error: DomainError) -> status_pb2.Status:
             error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
+                        field=_cut(v.field), description=_cut(v.description)
                     )
-                    for v in error.violations
+                    for v in error.violations[:VIOLATIONS_MAX]
                 ]
             )
         )
@@ -63,7 +72,7 @@ def status_for(error: DomainError) -> status_pb2.Status:
         details.append(
             error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=50_000_000))
         )
-    return _status(code.value[0], error.message, details)
+    return _status(code.value[0], _cut(error.message), details)
 
 
 def _status(code: int, message: str, details: list[Any]) -> status_pb2.Status:
@@ -75,6 +84,11 @@ def _status(code: int, message: str, details: list[Any]) -> status_pb2.Status:
     return status_pb2.Status(code=code, message=message, details=packed)
 
 
+_UNSTORABLE: Final = DomainError(
+    Rule.REQUEST_INVALID,
+    "a value in the request cannot be stored (for example a NUL character)",
+    (FieldViolation("request", "contains a value the ledger cannot store"),),
+)
 _INTERNAL: Final = _status(code_pb2.INTERNAL, "internal error; details are in the server log", [])
 _UNAVAILABLE: Final = _status(
     code_pb2.UNAVAILABLE,
@@ -90,6 +104,11 @@ def _status_of(error: Exception, method: str) -> status_pb2.Status:
     if _database_unreachable(error):
         _log.warning("database unavailable", exc_info=error)
         return _UNAVAILABLE
+    if isinstance(error, psycopg.errors.DataError):
+        # A value PostgreSQL cannot hold (a NUL character, say) that no earlier
+        # check caught: the request is at fault, and nothing was written.
+        _log.warning("value refused by the database", exc_info=error)
+        return status_for(_UNSTORABLE)
     if isinstance(error, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
         return status_for(
             DomainError(Rule.STREAM_VERSION_CONFLICT, "a concurrent write won; retry")
@@ -112,6 +131,44 @@ def _database_unreachable(error: Exception) -> bool:
     return state is None or state.startswith(_UNREACHABLE_SQLSTATES)
 
 
+class _Undecodable:
+    """Stands in for a request whose bytes are not a valid message."""
+
+
+UNDECODABLE: Final = _Undecodable()
+_UNDECODABLE_STATUS: Final = DomainError(
+    Rule.REQUEST_INVALID,
+    "the request is not a valid protobuf message (a string field with bad UTF-8?)",
+    (FieldViolation("request", "cannot be decoded"),),
+)
+
+
+class DecodeRequests(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Undecodable requests reach the servicer as :data:`UNDECODABLE`, answered
+    INVALID_ARGUMENT, instead of gRPC's own UNKNOWN."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = getattr(handler_call_details, "method", "")
+        if handler is None or not method.startswith("/accrual.v1."):
+            return handler
+        decode = handler.request_deserializer
+        if decode is None:
+            return handler
+
+        def tolerant(data: bytes) -> object:
+            try:
+                return decode(data)
+            except Exception:
+                return UNDECODABLE
+
+        return handler._replace(request_deserializer=tolerant)
+
+
 def rpc(
     method: Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]],
 ) -> Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]:
@@ -121,6 +178,8 @@ def rpc(
     async def wrapper(self: Any, request: Request, context: grpc.aio.ServicerContext) -> Response:
         with observed_call(context, method.__name__) as call:
             try:
+                if request is UNDECODABLE:
+                    raise _UNDECODABLE_STATUS
                 return await method(self, request, context)
             except grpc.aio.AbortError:
                 raise
@@ -144,6 +203,8 @@ def rpc_stream(
     ) -> AsyncIterator[Response]:
         with observed_call(context, method.__name__) as call:
             try:
+                if request is UNDECODABLE:
+                    raise _UNDECODABLE_STATUS
                 async for item in method(self, request, context):
                     yield item
             except grpc.aio.AbortError:

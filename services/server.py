@@ -26,6 +26,7 @@ from services.api.accrual.v1 import (
     usage_pb2_grpc,
 )
 from services.bootstrap import App
+from services.errors import DecodeRequests
 from services.health import HealthMonitor
 from services.servicers.audit import AuditServicer
 from services.servicers.catalog import CatalogServicer
@@ -72,7 +73,7 @@ class Server:
 def create_server(app: App, address: str, interceptors: Sequence[object] = ()) -> Server:
     """A server with every service registered, bound to ``address`` (port 0: any)."""
     server = grpc.aio.server(
-        interceptors=list(interceptors),
+        interceptors=[DecodeRequests(), *interceptors],
         options=[
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
             ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),

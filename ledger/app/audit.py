@@ -34,10 +34,14 @@ from ledger.core.billing import (
     period_number_at,
 )
 from ledger.core.catalog import Contract, RateCardVersion
+from ledger.core.errors import DomainError, FieldViolation, Rule
 from ledger.core.events import ContractCreated
 from ledger.core.invoice import Invoice, content_sha256
 from ledger.store.event_store import Pool, iter_streams, read_head, read_types_at, snapshot
 from ledger.store.records import StoredEvent
+
+# Each simulated invoice is recomputed from raw events: bound the work per call.
+SIMULATION_INVOICES_MAX = 500
 
 
 class ReplayStatus:
@@ -119,13 +123,22 @@ async def simulate_pricing(
         head = (await read_head(conn)).seq
         as_of = await _recorded_at(conn, head)
         end = min(end, as_of) if as_of is not None else start
-        for contract in await _contracts_on(conn, pricing.rate_card_id, head):
+        contracts = await _contracts_on(conn, pricing.rate_card_id, head)
+        work = [(c, _numbers_overlapping(c, start, end)) for c in contracts]
+        invoices = sum(len(numbers) for _, numbers in work)
+        if invoices > SIMULATION_INVOICES_MAX:
+            message = (
+                f"the range covers {invoices} invoices; a simulation recomputes at most"
+                f" {SIMULATION_INVOICES_MAX}: narrow start and end"
+            )
+            raise DomainError(Rule.REQUEST_INVALID, message, (FieldViolation("end", message),))
+        for contract, numbers in work:
             customer = await load_customer(conn, contract.customer_id, head)
             rows += [
                 await _simulated_row(
                     conn, customer, contract=contract, number=number, head=head, pricing=pricing
                 )
-                for number in _numbers_overlapping(contract, start, end)
+                for number in numbers
             ]
     return rows
 

@@ -177,7 +177,9 @@ class CatalogCommands:
             raise DomainError(Rule.RATE_CARD_NOT_FOUND, f"no rate card {rate_card_id!r}")
         if page_size < 0:
             raise invalid("page_size", "must not be negative")
-        if page_token and not (page_token.isascii() and page_token.isdigit()):
+        if page_token and not (
+            page_token.isascii() and page_token.isdigit() and len(page_token) <= 9
+        ):
             raise invalid("page_token", "is not a token this service issued")
         after = int(page_token) if page_token else 0
         size = min(page_size or PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)

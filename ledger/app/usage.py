@@ -17,7 +17,7 @@ from ledger.core.errors import DomainError, FieldViolation, Rule
 from ledger.core.events import UsageRecorded, to_payload
 from ledger.core.metering import matches
 from ledger.core.money import is_decimal_text
-from ledger.core.validation import UsagePolicy, usage_rejection
+from ledger.core.validation import ID_PATTERN, UsagePolicy, usage_rejection
 from ledger.store.event_store import PostgresEventStore
 from ledger.store.records import Appended, AppendOutcome, Duplicate, KeyReused, NewEvent
 
@@ -104,7 +104,10 @@ class RecordUsage:
     async def _earlier_results(self, items: Sequence[UsageInput]) -> list[UsageResult | None]:
         """DUPLICATE (or REJECTED for another event) for keys already in the ledger."""
         keys = [usage_key(i.customer_id, i.transaction_id) for i in items]
-        found = await self._store.find_keys(keys)
+        # Malformed ids never reach a query; validation refuses those events later.
+        found = await self._store.find_keys(
+            [k for k, i in zip(keys, items, strict=True) if _ids_ok(i)]
+        )
         results: list[UsageResult | None] = []
         for item, key in zip(items, keys, strict=True):
             earlier = found.get(key)
@@ -118,7 +121,7 @@ class RecordUsage:
 
     async def _rejections(self, items: Sequence[UsageInput]) -> list[str | None]:
         now = self._clock()
-        customers = {customer_stream(i.customer_id) for i in items if i.customer_id}
+        customers = {customer_stream(i.customer_id) for i in items if _ids_ok(i)}
         known_customers = await self._store.stream_versions(customers)
         metrics = await self._metrics.current()
         rejections: list[str | None] = []
@@ -149,6 +152,12 @@ class RecordUsage:
             idempotency_key=usage_key(item.customer_id, item.transaction_id),
             request_hash=_hash(event),
         )
+
+
+def _ids_ok(item: UsageInput) -> bool:
+    return bool(
+        ID_PATTERN.fullmatch(item.customer_id) and ID_PATTERN.fullmatch(item.transaction_id)
+    )
 
 
 def usage_key(customer_id: str, transaction_id: str) -> str:

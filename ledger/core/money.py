@@ -17,8 +17,9 @@ from ledger.core.errors import DomainError, invalid
 EXACT: Final = Context(prec=80, traps=[InvalidOperation])
 
 # Plain decimal notation only: no exponents, NaN, infinities, signs other than -,
-# thousands separators or whitespace. Limits keep every value inside numeric(60, 20).
-_DECIMAL_TEXT: Final = re.compile(r"-?(?:0|[1-9][0-9]{0,39})(?:\.[0-9]{1,20})?")
+# thousands separators or whitespace. At most 20 digits each side of the point, so
+# sums of many events times a price stay far inside the exact context's 80 digits.
+_DECIMAL_TEXT: Final = re.compile(r"-?(?:0|[1-9][0-9]{0,19})(?:\.[0-9]{1,20})?")
 
 ISO_CURRENCY_DECIMALS: Final[dict[str, int]] = {
     "USD": 2,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from ledger.core.catalog import PackageRounding, Rate, RateModel, Tier
 from ledger.core.money import EXACT, exact_sum
@@ -154,10 +154,11 @@ def package(rate: Rate, quantity: Decimal) -> Charge:
 
 def shown(value: Decimal) -> str:
     """A value for an explanation: exact, or cut at 12 places with an ellipsis."""
-    if value.as_tuple().exponent >= -SHOWN_PLACES_MAX:  # type: ignore[operator]
-        return format(value, "f")
-    cut = value.quantize(Decimal(1).scaleb(-SHOWN_PLACES_MAX), rounding=ROUND_DOWN)
-    return f"{cut:f}…"
+    text = format(value, "f")
+    whole, dot, fraction = text.partition(".")
+    if len(fraction) <= SHOWN_PLACES_MAX:
+        return text
+    return f"{whole}{dot}{fraction[:SHOWN_PLACES_MAX]}…"
 
 
 def _tier_steps(uses: list[TierUse], total: Decimal) -> str:

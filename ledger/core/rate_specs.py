@@ -212,7 +212,11 @@ def parse_rate(spec: RateSpec) -> Rate:
             for t in spec.tiers
         ),
         package_size=_decimal(spec.package_size),
-        package_rounding=PackageRounding(spec.package_rounding or PackageRounding.UP.value),
+        package_rounding=(
+            PackageRounding(spec.package_rounding or PackageRounding.UP.value)
+            if spec.model == RateModel.PACKAGE.value
+            else PackageRounding.UP
+        ),
         flat_amount=_decimal(spec.flat_amount) or Decimal(0),
         percent=_decimal(spec.percent) or Decimal(0),
         percent_of=tuple(spec.percent_of),

@@ -103,8 +103,9 @@ def canonical_quantity(value: Decimal) -> Decimal:
     if not value:
         return Decimal(0)
     normal = value.normalize(EXACT)
-    # normalize() writes 100 as 1E+2; a whole number keeps its digits.
-    return normal.quantize(Decimal(1)) if normal.as_tuple().exponent > 0 else normal  # type: ignore[operator]
+    # normalize() writes 100 as 1E+2; a whole number keeps its digits (through the
+    # string form, which no context precision limits).
+    return Decimal(format(normal, "f")) if normal.as_tuple().exponent > 0 else normal  # type: ignore[operator]
 
 
 @dataclass(frozen=True)

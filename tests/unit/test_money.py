@@ -97,7 +97,7 @@ def test_zero_renders_with_the_currency_places() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["0.0000015", "12", "0", "0.5", "10.00", "9" * 40, "0." + "1" * 20, "9" * 40 + "." + "9" * 20],
+    ["0.0000015", "12", "0", "0.5", "10.00", "9" * 20, "0." + "1" * 20, "9" * 20 + "." + "9" * 20],
 )
 def test_parse_decimal_accepts_plain_decimal_text(text: str) -> None:
     value = parse_decimal(text, "unit_price")
@@ -142,7 +142,7 @@ def test_parse_decimal_accepts_negative_only_when_allowed() -> None:
         "1.2.3",
         "0x10",
         "١٢",  # Arabic-Indic digits are digits to Python, not to the API
-        "1" * 41,
+        "1" * 21,  # at most 20 digits before the point
         "0." + "1" * 21,
         "1" * 1000,
     ],
