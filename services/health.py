@@ -42,7 +42,7 @@ class HealthMonitor:
             async with asyncio.timeout(self._interval_s), self._pool.connection() as conn:
                 cur = await conn.execute("SELECT version_num FROM alembic_version")
                 row = await cur.fetchone()
-        except (OSError, TimeoutError, Exception) as error:  # any failure means not ready
+        except Exception as error:  # any failure (refused, timed out, broken) means not ready
             _log.debug("database check failed", error=type(error).__name__)
             return False
         return row is not None and row[0] == self._expected_revision
@@ -50,9 +50,8 @@ class HealthMonitor:
     async def update(self) -> None:
         ready = await self.check()
         if ready != self.serving:
-            _log.warning("readiness changed", serving=ready) if not ready else _log.info(
-                "readiness changed", serving=ready
-            )
+            log = _log.info if ready else _log.warning
+            log("readiness changed", serving=ready)
             for name in self._services:
                 await self._servicer.set(name, SERVING if ready else NOT_SERVING)
             self.serving = ready

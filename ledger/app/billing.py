@@ -108,11 +108,18 @@ async def customer_of_invoice(conn: Conn, ref: str, through_seq: int) -> tuple[s
 async def load_rate_card_versions(
     conn: Conn, rate_card_id: str, through_seq: int
 ) -> list[RateCardVersion]:
+    return rate_card_versions(
+        await read_streams(conn, [rate_card_stream(rate_card_id)], through_seq)
+    )
+
+
+def rate_card_versions(stored: Iterable[StoredEvent]) -> list[RateCardVersion]:
+    """The versions a rate card stream holds, oldest first."""
     versions = []
-    for stored in await read_streams(conn, [rate_card_stream(rate_card_id)], through_seq):
-        event = stored.domain_event()
-        assert isinstance(event, RateCardPublished)
-        versions.append(event.rate_card)
+    for event in stored:
+        published = event.domain_event()
+        assert isinstance(published, RateCardPublished)
+        versions.append(published.rate_card)
     return versions
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ledger.app.billing import rate_card_versions
 from ledger.app.commands import Command, Write, run_command
 from ledger.app.context import RequestContext
 from ledger.app.streams import metric_stream, product_stream, rate_card_stream
@@ -196,12 +197,7 @@ class CatalogCommands:
         return diff_versions(before, after)
 
     async def _versions(self, rate_card_id: str) -> list[RateCardVersion]:
-        versions = []
-        for stored in await self._store.read_streams([rate_card_stream(rate_card_id)]):
-            event = stored.domain_event()
-            assert isinstance(event, RateCardPublished)
-            versions.append(event.rate_card)
-        return versions
+        return rate_card_versions(await self._store.read_streams([rate_card_stream(rate_card_id)]))
 
 
 async def rate_context(store: PostgresEventStore, product_ids: Iterable[str]) -> RateContext:
