@@ -1,5 +1,5 @@
 """The ``accrual`` command: serve, migrate, project, projections, replay, verify, digest,
-simulate, audit."""
+simulate, audit, tokens, certs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from ledger.core.errors import DomainError
+from services.cli.access import add_commands as add_access_commands
 from services.cli.audit import add_commands as add_audit_commands
 from services.cli.operate import add_commands as add_operating_commands
 from services.cli.projections import add_commands as add_projection_commands
@@ -21,6 +22,7 @@ def parser() -> argparse.ArgumentParser:
     add_operating_commands(commands)
     add_audit_commands(commands)
     add_projection_commands(commands)
+    add_access_commands(commands)
     return root
 
 
