@@ -18,6 +18,7 @@ from psycopg.rows import TupleRow
 
 from ledger.core.canonical import format_instant
 from ledger.core.events import (
+    AccessDenied,
     BillableMetricCreated,
     ContractCreated,
     ContractRegistered,
@@ -25,6 +26,9 @@ from ledger.core.events import (
     DomainEvent,
     InvoiceFinalized,
     ProductCreated,
+    RateCardDraftApproved,
+    RateCardDrafted,
+    RateCardDraftPublished,
     RateCardPublished,
     UsageRecorded,
 )
@@ -33,7 +37,14 @@ from ledger.store.records import StoredEvent
 PAGE_SIZE_DEFAULT: Final = 100
 PAGE_SIZE_MAX: Final = 1_000
 # Bookkeeping events that are part of another action, not actions of their own.
-NOT_ACTIONS: Final = frozenset({UsageRecorded.EVENT_TYPE, ContractRegistered.EVENT_TYPE})
+# Bookkeeping written beside an action (the action has its own entry), and usage.
+NOT_ACTIONS: Final = frozenset(
+    {
+        UsageRecorded.EVENT_TYPE,
+        ContractRegistered.EVENT_TYPE,
+        RateCardDraftPublished.EVENT_TYPE,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -179,6 +190,23 @@ def _published(event: RateCardPublished) -> tuple[str, str, str]:
     return "", subject, f"published {subject} effective {format_instant(card.effective_from)}"
 
 
+def _drafted(event: RateCardDrafted) -> tuple[str, str, str]:
+    card = event.rate_card
+    subject = f"{card.rate_card_id} draft {event.draft}"
+    restores = f" restoring v{event.copy_of_version}" if event.copy_of_version else ""
+    effective = format_instant(card.effective_from)
+    return "", subject, f"drafted {subject}{restores} effective {effective}"
+
+
+def _approved(event: RateCardDraftApproved) -> tuple[str, str, str]:
+    subject = f"{event.rate_card_id} draft {event.draft}"
+    return "", subject, f"approved {subject}"
+
+
+def _denied(event: AccessDenied) -> tuple[str, str, str]:
+    return "", event.method, f"denied {event.method} to {event.principal!r}: {event.reason}"
+
+
 def _product(event: ProductCreated) -> tuple[str, str, str]:
     return "", event.product.product_id, f"created product {event.product.name!r}"
 
@@ -193,6 +221,9 @@ _DESCRIBERS: Final[dict[type[DomainEvent], Callable[[Any], tuple[str, str, str]]
     ContractCreated: _contract,
     InvoiceFinalized: _finalized,
     RateCardPublished: _published,
+    RateCardDrafted: _drafted,
+    AccessDenied: _denied,
+    RateCardDraftApproved: _approved,
     ProductCreated: _product,
     BillableMetricCreated: _metric,
 }

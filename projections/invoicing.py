@@ -147,7 +147,7 @@ class Invoicing:
     async def _preview_pricing(self, request: PreviewRequest) -> RateCardVersion | None:
         if request.inline_rate_card is not None:
             try:
-                return await self._catalog.draft_rate_card(request.inline_rate_card)
+                return await self._catalog.validate_rate_card(request.inline_rate_card)
             except DomainError as error:
                 # Name fields from the request's root, where the card sits in rate_card.
                 raise error.within("rate_card") from error

@@ -24,6 +24,7 @@ from ledger.core.catalog import (
 )
 from ledger.core.errors import DomainError, invalid
 from ledger.core.invoice import Invoice, InvoiceLine
+from ledger.core.pricing_drafts import RateCardDraft
 from ledger.core.rate_diff import FieldChange, RateCardDiff
 from ledger.core.rate_specs import RateSpec, TierSpec
 from ledger.store.records import StoredEvent
@@ -153,7 +154,7 @@ def rate_spec(message: catalog_pb2.Rate) -> RateSpec:
     )
 
 
-def rate_card_input(request: catalog_pb2.PublishRateCardRequest) -> RateCardInput:
+def rate_card_input(request: catalog_pb2.DraftRateCardRequest) -> RateCardInput:
     return RateCardInput(
         rate_card_id=request.rate_card_id,
         name=request.name,
@@ -175,6 +176,20 @@ def rate_card_message(card: RateCardVersion, seq: int = 0) -> catalog_pb2.RateCa
         currency_decimals=card.currency_decimals,
         effective_from=timestamp(card.effective_from),
         rates=[rate_message(rate) for rate in card.rates],
+        consistency_token=seq,
+    )
+
+
+def draft_message(draft: RateCardDraft, seq: int = 0) -> catalog_pb2.RateCardDraft:
+    return catalog_pb2.RateCardDraft(
+        rate_card_id=draft.rate_card.rate_card_id,
+        draft=draft.draft,
+        status=draft.status.value,
+        rate_card=rate_card_message(draft.rate_card),
+        drafted_by=draft.drafted_by,
+        approved_by=draft.approved_by,
+        published_version=draft.published_version,
+        copy_of_version=draft.copy_of_version,
         consistency_token=seq,
     )
 

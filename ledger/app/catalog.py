@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -10,7 +11,7 @@ from datetime import datetime
 from ledger.app.billing import rate_card_versions
 from ledger.app.commands import Command, Write, run_command
 from ledger.app.context import RequestContext
-from ledger.app.streams import metric_stream, product_stream, rate_card_stream
+from ledger.app.streams import draft_stream, metric_stream, product_stream, rate_card_stream
 from ledger.core.catalog import (
     Aggregation,
     BillableMetric,
@@ -21,8 +22,14 @@ from ledger.core.catalog import (
 )
 from ledger.core.codec import encode
 from ledger.core.errors import DomainError, Rule, Violations, invalid
-from ledger.core.events import BillableMetricCreated, ProductCreated, RateCardPublished
+from ledger.core.events import (
+    BillableMetricCreated,
+    ProductCreated,
+    RateCardDrafted,
+    RateCardPublished,
+)
 from ledger.core.money import currency_decimals
+from ledger.core.pricing_drafts import RateCardDraft, approve, drafts_of, find_draft, publish
 from ledger.core.rate_diff import RateCardDiff, diff_versions
 from ledger.core.rate_specs import RateContext, RateSpec, check_rates, parse_rate
 from ledger.core.validation import check_id, check_metric, check_text
@@ -112,25 +119,96 @@ class CatalogCommands:
         assert isinstance(event, ProductCreated)
         return event.product, seq
 
-    async def publish_rate_card(
-        self, cmd: RateCardInput, ctx: RequestContext
-    ) -> tuple[RateCardVersion, int]:
-        """Publish the next immutable version of a rate card; pricing changes say why."""
-        if not ctx.reason.strip():
-            raise invalid("reason", "is required: say why the price changes")
+    async def draft_rate_card(
+        self, cmd: RateCardInput, ctx: RequestContext, copy_of_version: int = 0
+    ) -> tuple[RateCardDraft, int]:
+        """Propose the next version of a rate card (or, with ``copy_of_version``, a
+        rollback to that version's rates); it prices nothing until approved and published."""
+        _require_reason(ctx)
 
         async def decide() -> list[Write]:
-            card = await self.draft_rate_card(cmd)
-            stream = rate_card_stream(cmd.rate_card_id)
-            return [Write(stream, RateCardPublished(card), card.version - 1)]
+            if copy_of_version:
+                card = await self._rollback_card(cmd, copy_of_version)
+            else:
+                card = dataclasses.replace(await self.validate_rate_card(cmd), version=0)
+            drafts, version = await self._drafts(cmd.rate_card_id)
+            drafted = RateCardDrafted(len(drafts) + 1, card, ctx.actor, copy_of_version)
+            return [Write(draft_stream(cmd.rate_card_id), drafted, version)]
 
-        command = Command("PublishRateCard", encode(cmd), Rule.STREAM_VERSION_CONFLICT)
+        content = {"card": encode(cmd), "copy_of_version": copy_of_version}
+        command = Command("DraftRateCard", content, Rule.STREAM_VERSION_CONFLICT)
+        event, seq = await run_command(self._store, ctx, command, decide, self._clock())
+        assert isinstance(event, RateCardDrafted)
+        return (await self.get_draft(cmd.rate_card_id, event.draft)), seq
+
+    async def approve_draft(
+        self, rate_card_id: str, number: int, ctx: RequestContext
+    ) -> tuple[RateCardDraft, int]:
+        """A second principal's approval; the draft's author cannot give it."""
+        _require_reason(ctx)
+
+        async def decide() -> list[Write]:
+            drafts, version = await self._drafts(rate_card_id)
+            approval = approve(find_draft(drafts, rate_card_id, number), ctx.actor)
+            return [Write(draft_stream(rate_card_id), approval, version)]
+
+        content = {"rate_card_id": rate_card_id, "draft": number}
+        command = Command("ApproveRateCardDraft", content, Rule.STREAM_VERSION_CONFLICT)
+        _, seq = await run_command(self._store, ctx, command, decide, self._clock())
+        return (await self.get_draft(rate_card_id, number)), seq
+
+    async def publish_draft(
+        self, rate_card_id: str, number: int, ctx: RequestContext
+    ) -> tuple[RateCardVersion, int]:
+        """Make an approved draft the rate card's next immutable version.
+
+        The version takes effect at the draft's ``effective_from``. Its rates were
+        checked when drafted (products and metrics never change); its currency is
+        checked again, since a first version may have been published meanwhile.
+        """
+        _require_reason(ctx)
+
+        async def decide() -> list[Write]:
+            drafts, draft_version = await self._drafts(rate_card_id)
+            draft = find_draft(drafts, rate_card_id, number)
+            versions = await self._versions(rate_card_id)
+            if versions and versions[0].currency != draft.rate_card.currency:
+                message = f"rate card {rate_card_id!r} is now priced in {versions[0].currency}"
+                raise DomainError(Rule.DRAFT_STALE, message)
+            published, closed = publish(draft, len(versions) + 1, ctx.actor)
+            return [
+                Write(rate_card_stream(rate_card_id), published, len(versions)),
+                Write(draft_stream(rate_card_id), closed, draft_version),
+            ]
+
+        content = {"rate_card_id": rate_card_id, "draft": number}
+        command = Command("PublishRateCardDraft", content, Rule.STREAM_VERSION_CONFLICT)
         event, seq = await run_command(self._store, ctx, command, decide, self._clock())
         assert isinstance(event, RateCardPublished)
         return event.rate_card, seq
 
-    async def draft_rate_card(self, cmd: RateCardInput) -> RateCardVersion:
-        """The version a publish would create, validated, without writing anything."""
+    async def get_draft(self, rate_card_id: str, number: int) -> RateCardDraft:
+        drafts, _ = await self._drafts(rate_card_id)
+        return find_draft(drafts, rate_card_id, number)
+
+    async def _drafts(self, rate_card_id: str) -> tuple[dict[int, RateCardDraft], int]:
+        """The rate card's drafts and their stream's version (for the next append)."""
+        stored = await self._store.read_streams([draft_stream(rate_card_id)])
+        return drafts_of(s.domain_event() for s in stored), len(stored)
+
+    async def _rollback_card(self, cmd: RateCardInput, version: int) -> RateCardVersion:
+        """A draft restoring ``version``: its name, currency and rates, from a new date."""
+        if cmd.rates or cmd.name or cmd.currency:
+            raise invalid("copy_of_version", "a rollback takes name, currency and rates from it")
+        try:
+            earlier = await self.get_rate_card(cmd.rate_card_id, version)
+        except DomainError as error:
+            raise invalid("copy_of_version", error.message) from error
+        effective_from = cmd.effective_from or self._clock()
+        return dataclasses.replace(earlier, version=0, effective_from=effective_from)
+
+    async def validate_rate_card(self, cmd: RateCardInput) -> RateCardVersion:
+        """The version a publish would create now, validated, without writing anything."""
         violations = Violations()
         check_id(violations, "rate_card_id", cmd.rate_card_id)
         check_text(violations, "name", cmd.name)
@@ -238,6 +316,11 @@ def _metric(cmd: MetricInput) -> BillableMetric:
         filters=tuple(PropertyFilter(p, FilterOp(op), tuple(v)) for p, op, v in cmd.filters),
         group_by=tuple(cmd.group_by),
     )
+
+
+def _require_reason(ctx: RequestContext) -> None:
+    if not ctx.reason.strip():
+        raise invalid("reason", "is required: say why the price changes")
 
 
 def _decimals(violations: Violations, cmd: RateCardInput) -> int | None:

@@ -16,6 +16,11 @@ def rate_card_stream(rate_card_id: str) -> str:
     return f"ratecard-{rate_card_id}"
 
 
+def draft_stream(rate_card_id: str) -> str:
+    """A rate card's drafts (numbered from 1), their approvals and publishes."""
+    return f"pricingdrafts-{rate_card_id}"
+
+
 def customer_stream(customer_id: str) -> str:
     """The customer, its contracts and its finalized invoices."""
     return f"customer-{customer_id}"
@@ -28,3 +33,8 @@ def contract_stream(contract_id: str) -> str:
 
 def usage_stream(customer_id: str) -> str:
     return f"usage-{customer_id}"
+
+
+def access_stream(principal: str) -> str:
+    """Denied calls of one principal, for the audit trail."""
+    return f"access-{principal}"

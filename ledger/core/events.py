@@ -58,6 +58,42 @@ class RateCardPublished(DomainEvent):
 
 
 @dataclass(frozen=True)
+class RateCardDrafted(DomainEvent):
+    """A proposed rate card version (``version`` 0 until published); prices nothing yet."""
+
+    EVENT_TYPE: ClassVar[str] = "RateCardDrafted"
+
+    draft: int
+    rate_card: RateCardVersion
+    drafted_by: str
+    # The published version this draft restores (a rollback); 0 for a new price.
+    copy_of_version: int = 0
+
+
+@dataclass(frozen=True)
+class RateCardDraftApproved(DomainEvent):
+    """A second principal agreed to a draft; only then may it be published."""
+
+    EVENT_TYPE: ClassVar[str] = "RateCardDraftApproved"
+
+    rate_card_id: str
+    draft: int
+    approved_by: str
+
+
+@dataclass(frozen=True)
+class RateCardDraftPublished(DomainEvent):
+    """An approved draft became ``version`` (a RateCardPublished in the same append)."""
+
+    EVENT_TYPE: ClassVar[str] = "RateCardDraftPublished"
+
+    rate_card_id: str
+    draft: int
+    version: int
+    published_by: str
+
+
+@dataclass(frozen=True)
 class CustomerCreated(DomainEvent):
     EVENT_TYPE: ClassVar[str] = "CustomerCreated"
 
@@ -90,6 +126,17 @@ class InvoiceFinalized(DomainEvent):
     content_sha256: str
 
 
+@dataclass(frozen=True)
+class AccessDenied(DomainEvent):
+    """An authenticated principal asked for something its roles do not allow."""
+
+    EVENT_TYPE: ClassVar[str] = "AccessDenied"
+
+    principal: str
+    method: str
+    reason: str
+
+
 EVENT_CLASSES: Final[dict[str, type[DomainEvent]]] = {
     cls.EVENT_TYPE: cls
     for cls in (
@@ -97,10 +144,14 @@ EVENT_CLASSES: Final[dict[str, type[DomainEvent]]] = {
         BillableMetricCreated,
         ProductCreated,
         RateCardPublished,
+        RateCardDrafted,
+        RateCardDraftApproved,
+        RateCardDraftPublished,
         CustomerCreated,
         ContractCreated,
         ContractRegistered,
         InvoiceFinalized,
+        AccessDenied,
     )
 }
 

@@ -9,6 +9,7 @@ from ledger.core.catalog import Product
 from services.api.accrual.v1 import catalog_pb2, catalog_pb2_grpc
 from services.convert import (
     diff_message,
+    draft_message,
     metric_message,
     product_message,
     rate_card_input,
@@ -52,12 +53,37 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         return product_message(product, seq)
 
     @rpc
-    async def PublishRateCard(
-        self, request: catalog_pb2.PublishRateCardRequest, context: grpc.aio.ServicerContext
+    async def DraftRateCard(
+        self, request: catalog_pb2.DraftRateCardRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.RateCardDraft:
+        ctx = request_context(context, request_id=request.request_id, reason=request.reason)
+        draft, seq = await self._catalog.draft_rate_card(
+            rate_card_input(request), ctx, copy_of_version=request.copy_of_version
+        )
+        return draft_message(draft, seq)
+
+    @rpc
+    async def ApproveRateCardDraft(
+        self, request: catalog_pb2.ApproveRateCardDraftRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.RateCardDraft:
+        ctx = request_context(context, request_id=request.request_id, reason=request.reason)
+        draft, seq = await self._catalog.approve_draft(request.rate_card_id, request.draft, ctx)
+        return draft_message(draft, seq)
+
+    @rpc
+    async def PublishRateCardDraft(
+        self, request: catalog_pb2.PublishRateCardDraftRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.RateCardVersion:
         ctx = request_context(context, request_id=request.request_id, reason=request.reason)
-        card, seq = await self._catalog.publish_rate_card(rate_card_input(request), ctx)
+        card, seq = await self._catalog.publish_draft(request.rate_card_id, request.draft, ctx)
         return rate_card_message(card, seq)
+
+    @rpc
+    async def GetRateCardDraft(
+        self, request: catalog_pb2.GetRateCardDraftRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.RateCardDraft:
+        draft = await self._catalog.get_draft(request.rate_card_id, request.draft)
+        return draft_message(draft)
 
     @rpc
     async def ListRateCardVersions(

@@ -40,6 +40,7 @@ from projections.invoicing import InvoiceStatus
 from services import cli
 from services.bootstrap import App, running_app
 from services.config import Settings
+from tests.integration.pricing import publish_approved
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
@@ -141,7 +142,7 @@ async def catalog(app: App) -> None:
         (PRICE_CHANGE, rates("0.0000025", "0.012", "59.99")),
     ):
         card = RateCardInput("list", "List", "USD", None, effective_from, version_rates)
-        await app.catalog.publish_rate_card(card, CTX)
+        await publish_approved(app.catalog, card, CTX)
 
 
 async def customers(app: App) -> None:
@@ -608,11 +609,11 @@ async def simulation_world(app: App) -> None:
     await app.catalog.create_product(Product("api", "API", "calls"), CTX)
     await app.catalog.create_product(Product("platform", "Platform"), CTX)
     v1 = RateCardInput("list", "List", "USD", None, START, sim_rates("0.0000015", "0.01", "20"))
-    await app.catalog.publish_rate_card(v1, CTX)
+    await publish_approved(app.catalog, v1, CTX)
     # v2 takes effect only after NOW: a contract that follows the card stays on v1.
     v2_rates = sim_rates("0.0000021", "0.015", "25")
     v2 = RateCardInput("list", "List", "USD", None, NOW + timedelta(days=30), v2_rates)
-    await app.catalog.publish_rate_card(v2, CTX)
+    await publish_approved(app.catalog, v2, CTX)
     for customer, pinned in (("a", None), ("b", 2)):
         await app.customers.create_customer(customer, customer.upper(), CTX)
         contract = ContractInput(f"{customer}-1", customer, "list", pinned, START, None, None)

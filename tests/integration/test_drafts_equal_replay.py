@@ -23,6 +23,7 @@ from ledger.core.invoice import canonical_invoice
 from ledger.core.rate_specs import RateSpec, TierSpec
 from services.bootstrap import App, running_app
 from services.config import Settings
+from tests.integration.pricing import publish_approved
 
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
 START = datetime(2026, 2, 10, 10, 30, tzinfo=UTC)  # anchor off the hour: partial edges
@@ -50,7 +51,7 @@ async def price_list(app: App, version_rates: list[tuple[datetime, str, str]]) -
             RateSpec("level", "volume", tiers=[TierSpec("10", "2", "1"), TierSpec("", "1")]),
         ]
         card = RateCardInput("list", "List", "USD", None, effective_from, rates)
-        await app.catalog.publish_rate_card(card, CTX)
+        await publish_approved(app.catalog, card, CTX)
 
 
 PERIOD_2 = datetime(2026, 3, 10, 10, 30, tzinfo=UTC)

@@ -26,6 +26,7 @@ from ledger.core.catalog import (
 from ledger.core.codec import decode, encode
 from ledger.core.events import (
     EVENT_CLASSES,
+    AccessDenied,
     BillableMetricCreated,
     ContractCreated,
     ContractRegistered,
@@ -33,6 +34,9 @@ from ledger.core.events import (
     DomainEvent,
     InvoiceFinalized,
     ProductCreated,
+    RateCardDraftApproved,
+    RateCardDrafted,
+    RateCardDraftPublished,
     RateCardPublished,
     UsageRecorded,
     from_payload,
@@ -120,6 +124,10 @@ SAMPLES: dict[str, DomainEvent] = {
         BillableMetricCreated(metric=METRIC),
         ProductCreated(product=Product("llm", "LLM tokens", "tokens")),
         RateCardPublished(rate_card=RATE_CARD),
+        RateCardDrafted(draft=3, rate_card=RATE_CARD, drafted_by="alice", copy_of_version=1),
+        RateCardDraftApproved(rate_card_id="rc-list", draft=3, approved_by="bob"),
+        RateCardDraftPublished(rate_card_id="rc-list", draft=3, version=2, published_by="alice"),
+        AccessDenied(principal="ingest-eu", method="/accrual.v1.X/Y", reason="role"),
         CustomerCreated(customer_id="cus-1", name="Acme, Inc."),
         ContractCreated(
             contract=Contract(
