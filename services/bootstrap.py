@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ledger.app.catalog import CatalogCommands, MetricRegistry
 from ledger.app.customers import CustomerCommands
+from ledger.app.security import AccessAudit
 from ledger.app.usage import RecordUsage
 from ledger.core.validation import UsagePolicy
 from ledger.store.event_store import Pool, PostgresEventStore
@@ -26,6 +27,7 @@ from projections.auditing import Auditing
 from projections.engine import ProjectionFactory, ProjectionRunner
 from projections.invoicing import Invoicing
 from projections.usage_rollups import UsageRollups
+from services.auth.credentials import CredentialStore
 from services.config import DB_WAIT_S_DEFAULT, Settings
 
 Clock = Callable[[], datetime]
@@ -49,7 +51,13 @@ class App:
     auditing: Auditing
     runner: ProjectionRunner
     committer: GroupCommitter
+    credentials: CredentialStore
+    access_audit: AccessAudit
 
+
+# The projection runner holds two connections (its leases, its listener) and
+# applies batches on a third.
+PROJECTOR_POOL_MAX: Final = 4
 
 # Every projection the runner keeps, by name; a class builds any version of it.
 PROJECTIONS: Final[dict[str, ProjectionFactory]] = {
@@ -58,8 +66,14 @@ PROJECTIONS: Final[dict[str, ProjectionFactory]] = {
 }
 
 
-def wire(settings: Settings, pool: Pool, clock: Clock = utc_now) -> App:
-    """Build the application over an open pool."""
+def wire(
+    settings: Settings, pool: Pool, clock: Clock = utc_now, projector_pool: Pool | None = None
+) -> App:
+    """Build the application over an open pool.
+
+    The projection runner uses ``projector_pool`` if given (the role that owns
+    the projection tables), everything else ``pool``.
+    """
     store = PostgresEventStore(pool, clock)
     policy = UsagePolicy(late_window=settings.late_usage, future_tolerance=settings.future_usage)
     catalog = CatalogCommands(store, clock)
@@ -85,12 +99,16 @@ def wire(settings: Settings, pool: Pool, clock: Clock = utc_now) -> App:
         auditing=Auditing(
             pool, store=store, catalog=catalog, invoicing=invoicing, audit_log=AuditLog
         ),
-        runner=ProjectionRunner(pool, PROJECTIONS),
+        runner=ProjectionRunner(projector_pool or pool, PROJECTIONS),
         committer=committer,
+        credentials=CredentialStore(pool, cache_s=settings.credential_cache_s),
+        access_audit=AccessAudit(store, clock),
     )
 
 
-def open_pool(database_url: str, max_size: int, wait_s: int = DB_WAIT_S_DEFAULT) -> Pool:
+def open_pool(
+    database_url: str, max_size: int, wait_s: int = DB_WAIT_S_DEFAULT, name: str = "accrual"
+) -> Pool:
     """A pool that fails fast while the database is away and recovers soon after.
 
     A call waits at most ``wait_s`` for a connection (then UNAVAILABLE, not a
@@ -102,7 +120,7 @@ def open_pool(database_url: str, max_size: int, wait_s: int = DB_WAIT_S_DEFAULT)
         min_size=1,
         max_size=max_size,
         open=False,
-        name="accrual",
+        name=name,
         timeout=wait_s,
         reconnect_timeout=2 * wait_s,
         kwargs={"connect_timeout": wait_s},
@@ -110,13 +128,38 @@ def open_pool(database_url: str, max_size: int, wait_s: int = DB_WAIT_S_DEFAULT)
 
 
 @contextlib.asynccontextmanager
-async def running_app(
-    settings: Settings, database_url: str, clock: Clock = utc_now
-) -> AsyncIterator[App]:
-    """An app with an open pool, projection tables, and (if enabled) the projector running."""
+async def _pools(
+    settings: Settings, database_url: str, projector_url: str | None
+) -> AsyncIterator[tuple[Pool, Pool]]:
+    """The app's pool and the projection runner's (the same one when the URLs are)."""
     async with open_pool(database_url, settings.db_pool_max, settings.db_wait_s) as pool:
         await pool.wait(timeout=30)
-        app = wire(settings, pool, clock)
+        if projector_url is None or projector_url == database_url:
+            yield pool, pool
+            return
+        async with open_pool(
+            projector_url, PROJECTOR_POOL_MAX, settings.db_wait_s, name="accrual-projector"
+        ) as projector_pool:
+            await projector_pool.wait(timeout=30)
+            yield pool, projector_pool
+
+
+@contextlib.asynccontextmanager
+async def running_app(
+    settings: Settings,
+    database_url: str,
+    clock: Clock = utc_now,
+    *,
+    projector_url: str | None = None,
+) -> AsyncIterator[App]:
+    """An app with an open pool, projection tables, and (if enabled) the projector running.
+
+    ``database_url`` is what the app connects as (the service role: it appends
+    and reads); the projection runner, which creates and writes the projection
+    tables, connects as ``projector_url`` if given, else as ``database_url``.
+    """
+    async with _pools(settings, database_url, projector_url) as (pool, projector_pool):
+        app = wire(settings, pool, clock, projector_pool)
         await app.runner.setup()
         writer = asyncio.create_task(app.committer.run())
         stop = asyncio.Event()

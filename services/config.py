@@ -16,10 +16,22 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """The server's certificate and key and, for mutual TLS, the CA that must have
+    signed every client's certificate (gRPC offers no "optional client certificate")."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None
+
+
+@dataclass(frozen=True)
 class Settings:
     """The service's configuration; see the README's configuration table."""
 
     database_url: str | None
+    service_database_url: str | None
+    projector_database_url: str | None
     data_dir: Path
     embedded_pg_port: int
     grpc_address: str
@@ -34,12 +46,18 @@ class Settings:
     digest_algorithm: str
     prometheus_address: tuple[str, int] | None
     health_check_interval_s: int
+    tls: TlsFiles | None
+    rate_limit_per_s: int
+    rate_limit_burst: int
+    credential_cache_s: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         return cls(
             database_url=env.get("ACCRUAL_DATABASE_URL") or None,
+            service_database_url=env.get("ACCRUAL_SERVICE_DATABASE_URL") or None,
+            projector_database_url=env.get("ACCRUAL_PROJECTOR_DATABASE_URL") or None,
             data_dir=Path(env.get("ACCRUAL_DATA_DIR", ".accrual")).resolve(),
             embedded_pg_port=_int(env, "ACCRUAL_EMBEDDED_PG_PORT", 54329, 1, 65535),
             grpc_address=_address(env.get("ACCRUAL_GRPC_ADDRESS", "127.0.0.1:50051")),
@@ -60,7 +78,30 @@ class Settings:
             ),
             prometheus_address=_host_port(env, "ACCRUAL_PROMETHEUS_ADDRESS"),
             health_check_interval_s=_int(env, "ACCRUAL_HEALTH_CHECK_INTERVAL_S", 2, 1, 300),
+            tls=_tls(env),
+            rate_limit_per_s=_int(env, "ACCRUAL_RATE_LIMIT_PER_S", 5_000, 0, 1_000_000),
+            rate_limit_burst=_int(env, "ACCRUAL_RATE_LIMIT_BURST", 10_000, 1, 1_000_000),
+            credential_cache_s=_int(env, "ACCRUAL_CREDENTIAL_CACHE_S", 5, 0, 3600),
         )
+
+
+def _tls(env: Mapping[str, str]) -> TlsFiles | None:
+    cert, key = env.get("ACCRUAL_TLS_CERT_FILE"), env.get("ACCRUAL_TLS_KEY_FILE")
+    client_ca = env.get("ACCRUAL_TLS_CLIENT_CA_FILE") or None
+    if not cert and not key:
+        if client_ca:
+            raise ConfigError("ACCRUAL_TLS_CLIENT_CA_FILE needs a server certificate and key")
+        return None
+    if not cert or not key:
+        raise ConfigError("ACCRUAL_TLS_CERT_FILE and ACCRUAL_TLS_KEY_FILE go together")
+    files = [Path(cert), Path(key), *([Path(client_ca)] if client_ca else [])]
+    if missing := [str(f) for f in files if not f.is_file()]:
+        raise ConfigError(f"TLS file not found: {', '.join(missing)}")
+    return TlsFiles(
+        cert_file=Path(cert),
+        key_file=Path(key),
+        client_ca_file=Path(client_ca) if client_ca else None,
+    )
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

@@ -10,9 +10,11 @@ from typing import Final
 
 import grpc
 import structlog
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ledger.app.context import RequestContext
 from services.api.accrual.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -25,9 +27,15 @@ from services.api.accrual.v1 import (
     usage_pb2,
     usage_pb2_grpc,
 )
+from services.auth.guard import DenialLog, Guard
+from services.auth.limits import RateLimiter
+from services.auth.policy import undecided
+from services.auth.principals import Principal
 from services.bootstrap import App
+from services.config import TlsFiles
 from services.errors import DecodeRequests
 from services.health import HealthMonitor
+from services.request import trace_ids
 from services.servicers.audit import AuditServicer
 from services.servicers.catalog import CatalogServicer
 from services.servicers.contracts import ContractServicer
@@ -71,9 +79,17 @@ class Server:
 
 
 def create_server(app: App, address: str, interceptors: Sequence[object] = ()) -> Server:
-    """A server with every service registered, bound to ``address`` (port 0: any)."""
+    """A server with every service registered, bound to ``address`` (port 0: any).
+
+    Every Accrual call passes the :class:`Guard` (inside tracing, so refusals are
+    traced too); TLS, and mutual TLS, as the settings say.
+    """
+    if missing := undecided(_methods(SERVICE_NAMES)):
+        raise RuntimeError(f"no access policy for {', '.join(missing)}: add it to PERMISSIONS")
+    limiter = RateLimiter(app.settings.rate_limit_per_s, app.settings.rate_limit_burst)
+    guard = Guard(app.credentials, limiter, _denial_recorder(app))
     server = grpc.aio.server(
-        interceptors=[DecodeRequests(), *interceptors],
+        interceptors=[DecodeRequests(), *interceptors, guard],
         options=[
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
             ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
@@ -91,10 +107,55 @@ def create_server(app: App, address: str, interceptors: Sequence[object] = ()) -
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address)
+    port = _bind(server, address, app.settings.tls)
     if port == 0:
         raise OSError(f"could not bind {address}")
     return Server(server, port, health_servicer)
+
+
+def _bind(server: grpc.aio.Server, address: str, tls: TlsFiles | None) -> int:
+    if tls is None:
+        return int(server.add_insecure_port(address))
+    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    credentials = grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+    return int(server.add_secure_port(address, credentials))
+
+
+def _methods(service_names: Sequence[str]) -> list[str]:
+    pool = descriptor_pool.Default()
+    return [
+        f"/{name}/{method.name}"
+        for name in service_names
+        for method in pool.FindServiceByName(name).methods
+    ]
+
+
+# Each denial is a ledger event, but a principal hammering a forbidden method must
+# not be able to grow the ledger at its full call rate: past this allowance its
+# denials are still refused and logged, just not appended.
+DENIALS_RECORDED_PER_S: Final = 1.0
+DENIALS_RECORDED_BURST: Final = 20.0
+
+
+def _denial_recorder(app: App) -> DenialLog:
+    allowance = RateLimiter(DENIALS_RECORDED_PER_S, DENIALS_RECORDED_BURST)
+
+    async def record(principal: Principal, method: str, reason: str) -> None:
+        if allowance.admit(principal.name) > 0:
+            _log.warning("denial not recorded: over the audit allowance", principal=principal.name)
+            return
+        trace_id, span_id = trace_ids()
+        ctx = RequestContext(actor=principal.name, trace_id=trace_id, span_id=span_id)
+        try:
+            await app.access_audit.denied(method, reason, ctx)
+        except Exception:  # the refusal stands even when it cannot be recorded
+            _log.exception("could not record a denial", principal=principal.name, method=method)
+
+    return record
 
 
 async def serve(app: App, address: str, interceptors: Sequence[object] = ()) -> None:

@@ -7,11 +7,13 @@ import asyncio
 import dataclasses
 import signal
 
+import psycopg
 import structlog
 
 from ledger.store import migrate
+from services.auth.credentials import ADMIN_TOKEN_FILE, APPROVER_TOKEN_FILE, ensure_admin_token
 from services.bootstrap import running_app
-from services.cli.runtime import database
+from services.cli.runtime import DatabaseUrls, database, hand_projections_to_projector
 from services.config import Settings
 from services.server import serve
 from services.telemetry import configure_telemetry
@@ -22,11 +24,19 @@ _log = structlog.get_logger("accrual.cli")
 def serve_command(settings: Settings, _: argparse.Namespace) -> int:
     telemetry = configure_telemetry(prometheus=settings.prometheus_address)
     try:
-        with database(settings) as url:
-            migrate.upgrade(url)
+        with database(settings) as urls:
+            _migrate(urls)
+            if settings.database_url is None:  # the development default: local tokens
+                _issue_local_tokens(settings, urls.owner)
+            if urls.owner_login:
+                _log.warning(
+                    "the service connects with the database owner's privileges; set these"
+                    " to the least-privileged roles' URLs",
+                    unset=list(urls.owner_login),
+                )
 
             async def main() -> None:
-                async with running_app(settings, url) as app:
+                async with running_app(settings, urls.service, projector_url=urls.projector) as app:
                     await serve(app, settings.grpc_address, telemetry.server_interceptors())
 
             asyncio.run(main())
@@ -35,11 +45,29 @@ def serve_command(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def _issue_local_tokens(settings: Settings, owner_url: str) -> None:
+    """An admin token, and a pricing approver's for the second pair of eyes, in files
+    only their owner can read; kept across restarts."""
+    path = settings.data_dir / ADMIN_TOKEN_FILE
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        created = ensure_admin_token(conn, path)
+    _log.info(
+        "local admin token created" if created else "local admin token kept",
+        admin_token_file=str(path),
+        approver_token_file=str(path.with_name(APPROVER_TOKEN_FILE)),
+    )
+
+
 def migrate_command(settings: Settings, _: argparse.Namespace) -> int:
-    with database(settings) as url:
-        migrate.upgrade(url)
+    with database(settings) as urls:
+        _migrate(urls)
     print("migrations applied")
     return 0
+
+
+def _migrate(urls: DatabaseUrls) -> None:
+    migrate.upgrade(urls.owner)
+    hand_projections_to_projector(urls)
 
 
 def project_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -54,10 +82,10 @@ def project_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run_projector(settings: Settings, args: argparse.Namespace) -> None:
-    with database(settings) as url:
+    with database(settings) as urls:
 
         async def main() -> None:
-            async with running_app(settings, url) as app:
+            async with running_app(settings, urls.service, projector_url=urls.projector) as app:
                 if args.once:
                     applied = await app.runner.catch_up()
                     _log.info("caught up", events=applied)

@@ -8,10 +8,13 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
+import psycopg
 import pytest
 
+from services.auth.credentials import issue_token
 from services.bootstrap import running_app
 from services.config import Settings
 from services.server import create_server
@@ -19,9 +22,51 @@ from services.server import create_server
 
 @dataclasses.dataclass
 class RunningServer:
+    """The server, and a channel that calls as ``admin_token``'s principal."""
+
     address: str
     database_url: str
     channel: grpc.Channel
+    admin_token: str
+    approver_token: str
+
+    def as_token(self, token: str) -> list[tuple[str, str]]:
+        """Call metadata that authenticates as another token's principal."""
+        return bearer(token)
+
+
+def bearer(token: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")]
+
+
+def issue(
+    database_url: str, principal: str, *roles: str, customers: list[str] | None = None
+) -> str:
+    """A fresh token for ``principal``, straight into the test database."""
+    with psycopg.connect(database_url) as conn:
+        return issue_token(conn, principal, roles, customers=customers).token
+
+
+class WithToken(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds a bearer token to every call that does not carry its own credential."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def _details(self, details: Any) -> Any:
+        metadata = list(details.metadata or ())
+        if not any(key == "authorization" for key, _ in metadata):
+            metadata += bearer(self._token)
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
 
 
 def test_settings(**overrides: object) -> Settings:
@@ -60,20 +105,26 @@ def server(database_url: str) -> Iterator[RunningServer]:
     yield from serving(database_url)
 
 
-def serving(database_url: str, interceptors: Sequence[object] = ()) -> Iterator[RunningServer]:
+def serving(
+    database_url: str, interceptors: Sequence[object] = (), settings: Settings | None = None
+) -> Iterator[RunningServer]:
     """Run the service in a thread for the duration of a fixture."""
     ready: Future[int] = Future()
     stop = threading.Event()
     thread = threading.Thread(
         target=_serve_in_thread,
-        args=(database_url, test_settings(), ready, stop, interceptors),
+        args=(database_url, settings or test_settings(), ready, stop, interceptors),
         daemon=True,
     )
     thread.start()
     port = ready.result(timeout=60)
     address = f"127.0.0.1:{port}"
-    with grpc.insecure_channel(address) as channel:
-        yield RunningServer(address, database_url, channel)
+    admin = issue(database_url, "test-admin", "admin")
+    approver = issue(database_url, "test-approver", "pricing-approver")
+    # A TLS server's tests make their own channels; this plain one stays unused.
+    with grpc.insecure_channel(address) as plain:
+        channel = grpc.intercept_channel(plain, WithToken(admin))
+        yield RunningServer(address, database_url, channel, admin, approver)
     stop.set()
     thread.join(timeout=30)
 

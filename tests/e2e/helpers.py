@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -52,6 +52,31 @@ class Stubs:
     contracts: contracts_pb2_grpc.ContractServiceStub
     usage: usage_pb2_grpc.UsageServiceStub
     invoices: invoices_pb2_grpc.InvoiceServiceStub
+    # Calls made with this metadata come from a second principal, a pricing approver.
+    approver: list[tuple[str, str]]
+
+    def publish(
+        self, request: catalog_pb2.DraftRateCardRequest, metadata: Sequence[tuple[str, str]] = ()
+    ) -> catalog_pb2.RateCardVersion:
+        """Draft and publish as the caller (``metadata``: the admin by default), approved
+        in between by the approver: four eyes."""
+        draft = self.catalog.DraftRateCard(request, metadata=metadata)
+        self.catalog.ApproveRateCardDraft(
+            catalog_pb2.ApproveRateCardDraftRequest(
+                rate_card_id=draft.rate_card_id, draft=draft.draft, reason="reviewed"
+            ),
+            metadata=self.approver,
+        )
+        card: catalog_pb2.RateCardVersion = self.catalog.PublishRateCardDraft(
+            catalog_pb2.PublishRateCardDraftRequest(
+                rate_card_id=draft.rate_card_id,
+                draft=draft.draft,
+                reason=request.reason,
+                request_id=request.request_id,
+            ),
+            metadata=metadata,
+        )
+        return card
 
 
 def stubs(server: RunningServer) -> Stubs:
@@ -61,6 +86,7 @@ def stubs(server: RunningServer) -> Stubs:
         contracts=contracts_pb2_grpc.ContractServiceStub(channel),
         usage=usage_pb2_grpc.UsageServiceStub(channel),
         invoices=invoices_pb2_grpc.InvoiceServiceStub(channel),
+        approver=server.as_token(server.approver_token),
     )
 
 
@@ -163,8 +189,8 @@ def setup_world(
             product=catalog_pb2.Product(product_id=product_id, name="LLM", metric_id=metric_id)
         )
     )
-    api.catalog.PublishRateCard(
-        catalog_pb2.PublishRateCardRequest(
+    api.publish(
+        catalog_pb2.DraftRateCardRequest(
             rate_card_id=rate_card_id,
             name="List prices",
             currency="USD",

@@ -26,7 +26,7 @@ from services.api.accrual.v1 import (
     invoices_pb2,
     usage_pb2,
 )
-from tests.e2e.conftest import RunningServer
+from tests.e2e.conftest import RunningServer, issue
 from tests.e2e.helpers import (
     ACCEPTED,
     Errors,
@@ -47,9 +47,10 @@ def audit_api(server: RunningServer) -> audit_pb2_grpc.AuditServiceStub:
     return audit_pb2_grpc.AuditServiceStub(server.channel)
 
 
-def caller(actor: str = "", request_id: str = "") -> Metadata:
-    """gRPC metadata naming the actor and, optionally, a request id header."""
-    metadata = [("x-accrual-actor", actor)] if actor else []
+def caller(server: RunningServer, actor: str, request_id: str = "") -> Metadata:
+    """gRPC metadata authenticating as ``actor`` (an admin) and, optionally, a
+    request id header."""
+    metadata = server.as_token(issue(server.database_url, actor, "admin"))
     return metadata + ([("x-request-id", request_id)] if request_id else [])
 
 
@@ -83,8 +84,8 @@ def publish_v2(
     world: World, unit_price: str, metadata: Metadata = ()
 ) -> catalog_pb2.RateCardVersion:
     """A second version of the world's card, in effect only long after its first periods."""
-    card: catalog_pb2.RateCardVersion = world.api.catalog.PublishRateCard(
-        catalog_pb2.PublishRateCardRequest(
+    card: catalog_pb2.RateCardVersion = world.api.publish(
+        catalog_pb2.DraftRateCardRequest(
             rate_card_id=world.rate_card_id,
             name="List prices",
             currency="USD",
@@ -201,7 +202,8 @@ def test_replay_customer_streams_its_history_then_every_invoice_recomputed(
 
     seqs = [e.seq for e in events]
     assert all(a < b for a, b in itertools.pairwise(seqs)), "strictly increasing"
-    assert seqs[-1] == head  # the card's second version is the head
+    # The card's second version; the head is its draft's closing entry, written with it.
+    assert seqs[-1] == head - 1
     assert {e.stream_id for e in events} == acme_streams(w.acme)
     assert {e.event_type for e in events} >= {
         "BillableMetricCreated",
@@ -475,7 +477,7 @@ def audit_world(server: RunningServer) -> tuple[World, AuditWorld]:
     api = stubs(server)
     now = datetime.now(UTC)
     start = (now - timedelta(days=40)).replace(hour=0, minute=0, second=0, microsecond=0)
-    alice, bob = caller("alice"), caller("bob")
+    alice, bob = caller(server, "alice"), caller(server, "bob")
     api.catalog.CreateBillableMetric(
         catalog_pb2.CreateBillableMetricRequest(
             metric=catalog_pb2.BillableMetric(
@@ -495,8 +497,8 @@ def audit_world(server: RunningServer) -> tuple[World, AuditWorld]:
         )
     )
     t1 = datetime.now(UTC)
-    api.catalog.PublishRateCard(
-        catalog_pb2.PublishRateCardRequest(
+    api.publish(
+        catalog_pb2.DraftRateCardRequest(
             rate_card_id="list",
             name="List prices",
             currency="USD",
@@ -524,7 +526,7 @@ def audit_world(server: RunningServer) -> tuple[World, AuditWorld]:
                 starts_at=ts(start),
             )
         ),
-        metadata=caller("alice", request_id="req-contract"),
+        metadata=caller(server, "alice", request_id="req-contract"),
     )
     add_customer(world, "beta")
     usage = usage_pb2.RecordUsageRequest(
@@ -532,20 +534,24 @@ def audit_world(server: RunningServer) -> tuple[World, AuditWorld]:
     )
     assert api.usage.RecordUsage(usage, metadata=alice).results[0].status == ACCEPTED
     finalize(world, "in-acme-c1-1", request_id="req-final", metadata=bob)
-    v2 = publish_v2(world, "0.002", metadata=caller("carol"))
+    v2 = publish_v2(world, "0.002", metadata=caller(server, "carol"))
     return world, AuditWorld(t1, t2, v2.consistency_token)
 
 
 # (kind, actor, customer_id, subject, reason, request_id), in ledger order.
 AUDIT_TRAIL = [
     ("BillableMetricCreated", "alice", "", "tokens", "", "req-metric"),
-    ("ProductCreated", "anonymous", "", "llm", "", ""),
+    ("ProductCreated", "test-admin", "", "llm", "", ""),
+    ("RateCardDrafted", "alice", "", "list draft 1", "launch pricing", "req-card"),
+    ("RateCardDraftApproved", "test-approver", "", "list draft 1", "reviewed", ""),
     ("RateCardPublished", "alice", "", "list v1", "launch pricing", "req-card"),
     ("CustomerCreated", "bob", "acme", "acme", "", ""),
     ("ContractCreated", "alice", "acme", "acme-c1", "", "req-contract"),
-    ("CustomerCreated", "anonymous", "beta", "beta", "", ""),
-    ("ContractCreated", "anonymous", "beta", "beta-c1", "", ""),
+    ("CustomerCreated", "test-admin", "beta", "beta", "", ""),
+    ("ContractCreated", "test-admin", "beta", "beta-c1", "", ""),
     ("InvoiceFinalized", "bob", "acme", "in-acme-c1-1", "", "req-final"),
+    ("RateCardDrafted", "carol", "", "list draft 2", "price rise", ""),
+    ("RateCardDraftApproved", "test-approver", "", "list draft 2", "reviewed", ""),
     ("RateCardPublished", "carol", "", "list v2", "price rise", ""),
 ]
 
@@ -567,7 +573,7 @@ def test_audit_log_records_who_did_what_and_why_and_filters_it(server: RunningSe
     # Read your own write: the last write's token makes its entry visible at once.
     latest, _ = entries(server, kind="RateCardPublished", consistency_token=w.token)
     assert [e.seq for e in latest][-1] == w.token
-    assert trail(latest) == [AUDIT_TRAIL[2], AUDIT_TRAIL[8]]
+    assert trail(latest) == [AUDIT_TRAIL[4], AUDIT_TRAIL[12]]
 
     head = head_seq(server)
     everything, token = entries(server, consistency_token=head)
@@ -579,13 +585,13 @@ def test_audit_log_records_who_did_what_and_why_and_filters_it(server: RunningSe
     def only(**fields: object) -> list[tuple[str, ...]]:
         return trail(entries(server, consistency_token=head, **fields)[0])
 
-    assert only(customer_id="acme") == [AUDIT_TRAIL[i] for i in (3, 4, 7)]
-    assert only(actor="alice") == [AUDIT_TRAIL[i] for i in (0, 2, 4)]
-    assert only(kind="RateCardPublished") == [AUDIT_TRAIL[i] for i in (2, 8)]
-    assert only(start=ts(w.t1), end=ts(w.t2)) == [AUDIT_TRAIL[i] for i in (2, 3)]
-    assert only(start=ts(w.t2)) == AUDIT_TRAIL[4:]
+    assert only(customer_id="acme") == [AUDIT_TRAIL[i] for i in (5, 6, 9)]
+    assert only(actor="alice") == [AUDIT_TRAIL[i] for i in (0, 2, 4, 6)]
+    assert only(kind="RateCardPublished") == [AUDIT_TRAIL[i] for i in (4, 12)]
+    assert only(start=ts(w.t1), end=ts(w.t2)) == AUDIT_TRAIL[2:6]
+    assert only(start=ts(w.t2)) == AUDIT_TRAIL[6:]
     assert only(end=ts(w.t1)) == AUDIT_TRAIL[:2]
-    assert only(actor="bob", customer_id="acme") == [AUDIT_TRAIL[i] for i in (3, 7)]
+    assert only(actor="bob", customer_id="acme") == [AUDIT_TRAIL[i] for i in (5, 9)]
     assert only(kind="UsageRecorded") == []  # usage is not an action of the audit log
     assert only(kind="ContractRegistered") == []  # bookkeeping of a contract creation
 
@@ -608,9 +614,9 @@ def test_audit_log_pages_walk_every_entry(server: RunningServer) -> None:
     assert trail(walked) == AUDIT_TRAIL
     assert all(len(page) == 2 for page in pages[:-1])
 
-    filtered, token = entries(server, actor="alice", page_size=2, consistency_token=head)
-    rest, end = entries(server, actor="alice", page_size=2, page_token=token)
-    assert trail(filtered + rest) == [AUDIT_TRAIL[i] for i in (0, 2, 4)]
+    filtered, token = entries(server, actor="alice", page_size=3, consistency_token=head)
+    rest, end = entries(server, actor="alice", page_size=3, page_token=token)
+    assert trail(filtered + rest) == [AUDIT_TRAIL[i] for i in (0, 2, 4, 6)]
     assert end == ""
 
     errors = Errors()
@@ -623,7 +629,7 @@ def test_publishing_prices_without_a_reason_is_refused(server: RunningServer, re
     world = setup_world(server)
     errors = Errors()
     before = head_seq(server)
-    request = catalog_pb2.PublishRateCardRequest(
+    request = catalog_pb2.DraftRateCardRequest(
         rate_card_id=world.rate_card_id,
         name="List prices",
         currency="USD",
@@ -632,7 +638,7 @@ def test_publishing_prices_without_a_reason_is_refused(server: RunningServer, re
         reason=reason,
     )
 
-    failure = errors.expect(INVALID, lambda: world.api.catalog.PublishRateCard(request))
+    failure = errors.expect(INVALID, lambda: world.api.catalog.DraftRateCard(request))
 
     assert failure.fields == ["reason"]
     assert head_seq(server) == before

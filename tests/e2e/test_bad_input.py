@@ -67,7 +67,7 @@ def test_rate_card_reports_a_violation_per_problem(server: RunningServer) -> Non
     errors = Errors()
     head_before = head_seq(server)
     product = world.product_id
-    request = catalog_pb2.PublishRateCardRequest(
+    request = catalog_pb2.DraftRateCardRequest(
         rate_card_id="bad-card",
         name="Bad prices",
         currency="ZZZ",
@@ -90,7 +90,7 @@ def test_rate_card_reports_a_violation_per_problem(server: RunningServer) -> Non
         reason="broken",
     )
 
-    failure = errors.expect(INVALID, lambda: world.api.catalog.PublishRateCard(request))
+    failure = errors.expect(INVALID, lambda: world.api.catalog.DraftRateCard(request))
 
     assert sorted(failure.fields) == [
         "currency_decimals",
@@ -123,8 +123,8 @@ def test_custom_unit_rate_card_versions_are_immutable(server: RunningServer) -> 
     errors = Errors()
 
     def publish(unit_price: str) -> catalog_pb2.RateCardVersion:
-        card: catalog_pb2.RateCardVersion = catalog.PublishRateCard(
-            catalog_pb2.PublishRateCardRequest(
+        card: catalog_pb2.RateCardVersion = world.api.publish(
+            catalog_pb2.DraftRateCardRequest(
                 rate_card_id="credits-card",
                 name="Credit prices",
                 currency="credits",

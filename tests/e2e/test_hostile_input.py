@@ -916,10 +916,10 @@ CARD_FIELDS: Final = (
 
 
 @st.composite
-def rate_card_requests(draw: st.DrawFn) -> catalog_pb2.PublishRateCardRequest:
+def rate_card_requests(draw: st.DrawFn) -> catalog_pb2.DraftRateCardRequest:
     """A publish, never of the known customer's card (that would change its bills)."""
     field = Fields(draw, CARD_FIELDS)
-    request = catalog_pb2.PublishRateCardRequest(
+    request = catalog_pb2.DraftRateCardRequest(
         rate_card_id=field(
             "rate_card_id",
             st.one_of(st.just(FUZZ_IDS["card"]), new_ids),
@@ -1137,7 +1137,7 @@ def test_accepted_extreme_usage_is_billed_exactly(
     try:
         world = setup_world(h.server, name=f"hx-{uuid.uuid4().hex[:12]}", unit_price=unit_price)
     except grpc.RpcError as error:  # a price the API does not take must be refused clearly
-        check_failure(f"PublishRateCard unit_price={unit_price!r}", error)
+        check_failure(f"DraftRateCard unit_price={unit_price!r}", error)
         return
     at = world.now - timedelta(days=1)
     response = call(
@@ -1178,7 +1178,7 @@ def test_create_product(h: Hostile, request: catalog_pb2.CreateProductRequest) -
 @FUZZ
 @given(request=rate_card_requests())
 @example(  # a package_rounding on a rate that is not a package rate
-    request=catalog_pb2.PublishRateCardRequest(
+    request=catalog_pb2.DraftRateCardRequest(
         rate_card_id="hx-rounding",
         name="Prices",
         currency="USD",
@@ -1194,7 +1194,7 @@ def test_create_product(h: Hostile, request: catalog_pb2.CreateProductRequest) -
     )
 )
 @example(  # one violation per repeated rate: the error outgrows the caller's metadata limit
-    request=catalog_pb2.PublishRateCardRequest(
+    request=catalog_pb2.DraftRateCardRequest(
         rate_card_id="hx-repeated",
         name="Prices",
         currency="USD",
@@ -1203,13 +1203,43 @@ def test_create_product(h: Hostile, request: catalog_pb2.CreateProductRequest) -
         reason="fuzzing",
     )
 )
-def test_publish_rate_card(h: Hostile, request: catalog_pb2.PublishRateCardRequest) -> None:
+def test_draft_rate_card(h: Hostile, request: catalog_pb2.DraftRateCardRequest) -> None:
     if fits(request):
-        call(h, h.api.catalog.PublishRateCard, request)
+        call(h, h.api.catalog.DraftRateCard, request)
 
 
 card_ids = st.one_of(st.sampled_from(ALL_CARDS), ids(*ALL_CARDS))
 versions = st.one_of(st.integers(-2, 5), bad_int64s)
+
+
+@FUZZ
+@given(
+    rate_card_id=card_ids,
+    draft=versions,
+    reason=st.one_of(st.just("reviewed"), hostile_text),
+    publish=st.booleans(),
+)
+def test_approve_or_publish_rate_card_draft(
+    h: Hostile, rate_card_id: str, draft: int, reason: str, publish: bool
+) -> None:
+    """Drafts that do not exist, were written by this same caller, or are not approved."""
+    if publish:
+        request = catalog_pb2.PublishRateCardDraftRequest(
+            rate_card_id=rate_card_id, draft=draft, reason=reason
+        )
+        call(h, h.api.catalog.PublishRateCardDraft, request)
+    else:
+        approval = catalog_pb2.ApproveRateCardDraftRequest(
+            rate_card_id=rate_card_id, draft=draft, reason=reason
+        )
+        call(h, h.api.catalog.ApproveRateCardDraft, approval)
+
+
+@FUZZ
+@given(rate_card_id=card_ids, draft=versions)
+def test_get_rate_card_draft(h: Hostile, rate_card_id: str, draft: int) -> None:
+    request = catalog_pb2.GetRateCardDraftRequest(rate_card_id=rate_card_id, draft=draft)
+    call(h, h.api.catalog.GetRateCardDraft, request, read_only=True)
 
 
 @FUZZ
@@ -1515,9 +1545,15 @@ RAW_TARGETS: Final[tuple[tuple[str, str, Message, tuple[str, ...]], ...]] = (
     ("CatalogService", "CreateProduct", catalog_pb2.CreateProductRequest(), ("product", "name")),
     (
         "CatalogService",
-        "PublishRateCard",
-        catalog_pb2.PublishRateCardRequest(reason="r"),
+        "DraftRateCard",
+        catalog_pb2.DraftRateCardRequest(reason="r"),
         ("rate_card_id",),
+    ),
+    (
+        "CatalogService",
+        "ApproveRateCardDraft",
+        catalog_pb2.ApproveRateCardDraftRequest(draft=1),
+        ("reason",),
     ),
     ("CatalogService", "GetRateCard", catalog_pb2.GetRateCardRequest(), ("rate_card_id",)),
     (

@@ -90,8 +90,8 @@ class Pricing:
         effective_from: datetime | None = None,
         name: str = "List prices",
     ) -> catalog_pb2.RateCardVersion:
-        card: catalog_pb2.RateCardVersion = self.api.catalog.PublishRateCard(
-            catalog_pb2.PublishRateCardRequest(
+        card: catalog_pb2.RateCardVersion = self.api.publish(
+            catalog_pb2.DraftRateCardRequest(
                 rate_card_id=rate_card_id,
                 name=name,
                 currency="USD",
@@ -564,7 +564,7 @@ def test_bad_rate_card_is_refused_and_nothing_written(
     Pricing(server).product("support", "")
     errors = Errors()
     head_before = head_seq(server)
-    request = catalog_pb2.PublishRateCardRequest(
+    request = catalog_pb2.DraftRateCardRequest(
         rate_card_id=rate_card_id,
         name="Bad prices",
         currency=currency,
@@ -573,7 +573,7 @@ def test_bad_rate_card_is_refused_and_nothing_written(
         reason="broken",
     )
 
-    failure = errors.expect(INVALID, lambda: world.api.catalog.PublishRateCard(request))
+    failure = errors.expect(INVALID, lambda: world.api.catalog.DraftRateCard(request))
 
     assert failure.fields == fields
     assert failure.reasons == ["REQUEST_INVALID"]
@@ -803,7 +803,7 @@ def test_preview_with_an_inline_card_publishes_nothing(server: RunningServer) ->
     p = _preview_world(server)
     draft = p.invoice_at("buyer", p.in_first_period)
     head_before = head_seq(server)
-    inline = catalog_pb2.PublishRateCardRequest(
+    inline = catalog_pb2.DraftRateCardRequest(
         rate_card_id="card",
         name="What if",
         currency="USD",
@@ -853,7 +853,7 @@ def test_preview_with_a_negative_inline_price_is_refused(server: RunningServer) 
     p = _preview_world(server)
     errors = Errors()
     head_before = head_seq(server)
-    inline = catalog_pb2.PublishRateCardRequest(
+    inline = catalog_pb2.DraftRateCardRequest(
         rate_card_id="card",
         name="Broken",
         currency="USD",

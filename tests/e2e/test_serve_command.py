@@ -56,20 +56,29 @@ def stop(process: subprocess.Popen[bytes]) -> int:
     return process.wait(timeout=60)
 
 
+def admin(data_dir: Path) -> list[tuple[str, str]]:
+    """The local admin token `make run` leaves in the data folder, as call metadata."""
+    token_file = data_dir / "admin-token"
+    assert token_file.stat().st_mode & 0o777 == 0o600, "readable by its owner only"
+    return [("authorization", f"Bearer {token_file.read_text().strip()}")]
+
+
 def test_serve_starts_embedded_postgres_and_keeps_data_across_restarts(tmp_path: Path) -> None:
     pg_port, grpc_port = free_port(), free_port()
     address = f"127.0.0.1:{grpc_port}"
+    acme = contracts_pb2.CreateCustomerRequest(
+        customer=contracts_pb2.Customer(customer_id="acme", name="Acme")
+    )
 
     process = start_serving(tmp_path, pg_port, grpc_port)
     try:
         with grpc.insecure_channel(address) as channel:
             wait_serving(channel, process, tmp_path / "serve.log")
             customers = contracts_pb2_grpc.ContractServiceStub(channel)
-            created = customers.CreateCustomer(
-                contracts_pb2.CreateCustomerRequest(
-                    customer=contracts_pb2.Customer(customer_id="acme", name="Acme")
-                )
-            )
+            with pytest.raises(grpc.RpcError) as anonymous:
+                customers.CreateCustomer(acme)
+            assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            created = customers.CreateCustomer(acme, metadata=admin(tmp_path))
             assert created.consistency_token == 1
     finally:
         assert stop(process) == 0
@@ -81,11 +90,10 @@ def test_serve_starts_embedded_postgres_and_keeps_data_across_restarts(tmp_path:
             wait_serving(channel, process, tmp_path / "serve.log")
             customers = contracts_pb2_grpc.ContractServiceStub(channel)
             with pytest.raises(grpc.RpcError) as raised:
-                customers.CreateCustomer(
-                    contracts_pb2.CreateCustomerRequest(
-                        customer=contracts_pb2.Customer(customer_id="acme", name="Acme")
-                    )
-                )
+                customers.CreateCustomer(acme, metadata=admin(tmp_path))
             assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS
     finally:
         assert stop(process) == 0
+    log = (tmp_path / "serve.log").read_text()
+    assert str(tmp_path / "admin-token") in log, "the log says where the token is"
+    assert (tmp_path / "admin-token").read_text().strip() not in log, "but never the token"

@@ -26,9 +26,13 @@ def readme_example() -> str:
 
 
 def test_readme_worked_example_bills_and_replays_exactly(
-    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("ACCRUAL_ADDRESS", server.address)
+    # As `make run` leaves them: the local admin's and approver's tokens in the data folder.
+    monkeypatch.setenv("ACCRUAL_DATA_DIR", str(tmp_path))
+    (tmp_path / "admin-token").write_text(server.admin_token + "\n")
+    (tmp_path / "approver-token").write_text(server.approver_token + "\n")
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         exec(compile(readme_example(), str(README), "exec"), {"__name__": "readme_example"})

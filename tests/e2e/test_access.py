@@ -1,0 +1,318 @@
+"""Who may do what, over real gRPC: authentication, the role matrix, customer scopes,
+rate limits and four eyes on every price."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pool, message_factory
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from services.api.accrual.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
+    catalog_pb2,
+    invoices_pb2,
+    usage_pb2,
+)
+from services.auth.policy import PERMISSIONS
+from services.auth.principals import ROLES
+from services.server import SERVICE_NAMES
+from tests.e2e.conftest import RunningServer, bearer, issue, serving
+from tests.e2e.conftest import test_settings as default_settings
+from tests.e2e.helpers import ACCEPTED, head_seq, setup_world, ts
+
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+STREAMING = {"ReplayCustomer", "VerifyLedger"}
+
+
+def every_method() -> list[str]:
+    """Every RPC the server offers, from the protos themselves."""
+    pool = descriptor_pool.Default()
+    return sorted(
+        f"/{service}/{method.name}"
+        for service in SERVICE_NAMES
+        for method in pool.FindServiceByName(service).methods
+    )
+
+
+def call(channel: grpc.Channel, method: str, metadata: list[tuple[str, str]]) -> grpc.StatusCode:
+    """Call ``method`` with its empty request; the status code it ends with."""
+    service, name = method.rsplit("/", 1)
+    descriptor = descriptor_pool.Default().FindServiceByName(service.strip("/"))
+    request_type = descriptor.methods_by_name[name].input_type
+    request = message_factory.GetMessageClass(request_type)()
+    raw = request.SerializeToString()
+    try:
+        if name in STREAMING:
+            list(channel.unary_stream(method)(raw, metadata=metadata, timeout=10))
+        else:
+            channel.unary_unary(method)(raw, metadata=metadata, timeout=10)
+    except grpc.RpcError as error:
+        failed: Any = error
+        code: grpc.StatusCode = failed.code()
+        return code
+    return grpc.StatusCode.OK
+
+
+def test_every_rpc_has_an_access_decision() -> None:
+    """A new RPC cannot ship without a row in the policy table (the server also refuses
+    to start without one)."""
+    assert sorted(PERMISSIONS) == every_method()
+    assert all(roles <= ROLES for roles in PERMISSIONS.values())
+
+
+@pytest.fixture
+def role_tokens(server: RunningServer) -> dict[str, str]:
+    return {role: issue(server.database_url, f"only-{role}", role) for role in sorted(ROLES)}
+
+
+def test_authorization_matrix_every_rpc_for_every_role(
+    server: RunningServer, role_tokens: dict[str, str]
+) -> None:
+    """Each role is let through exactly where the table says; elsewhere PERMISSION_DENIED.
+
+    Calls carry empty requests, so an allowed call ends in a validation or lookup
+    error (or OK), never in a write.
+    """
+    with grpc.insecure_channel(server.address) as channel:
+        outcomes = {
+            (method, role): call(channel, method, bearer(token))
+            for method in every_method()
+            for role, token in role_tokens.items()
+        }
+    for (method, role), code in outcomes.items():
+        allowed = role == "admin" or role in PERMISSIONS[method]
+        if allowed:
+            assert code not in (DENIED, UNAUTHENTICATED), (method, role, code)
+        else:
+            assert code == DENIED, (method, role, code)
+
+
+def test_calls_without_a_valid_credential_are_unauthenticated(server: RunningServer) -> None:
+    revoked_shape = "acr_000000000000_" + "x" * 43
+    credentials: list[list[tuple[str, str]]] = [
+        [],
+        bearer("not-a-token"),
+        bearer(revoked_shape),
+        [("authorization", f"Basic {server.admin_token}")],
+        bearer(server.admin_token[:-1] + ("A" if server.admin_token[-1] != "A" else "B")),
+    ]
+    with grpc.insecure_channel(server.address) as channel:
+        for metadata in credentials:
+            for method in every_method():
+                assert call(channel, method, metadata) == UNAUTHENTICATED, (method, metadata)
+        # Probes and tools need no credential.
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_denial_is_audited_with_its_principal_and_method(server: RunningServer) -> None:
+    reader = bearer(issue(server.database_url, "nosy-reader", "reader"))
+    with grpc.insecure_channel(server.address) as channel:
+        assert call(channel, "/accrual.v1.InvoiceService/FinalizeInvoice", reader) == DENIED
+    entries = audit_pb2_grpc.AuditServiceStub(server.channel).ListAuditEntries(
+        audit_pb2.ListAuditEntriesRequest(kind="AccessDenied", consistency_token=head_seq(server))
+    )
+    assert [(e.actor, e.subject) for e in entries.entries] == [
+        ("nosy-reader", "/accrual.v1.InvoiceService/FinalizeInvoice")
+    ]
+    assert "role does not allow" in entries.entries[0].summary
+
+
+def test_an_ingest_token_for_some_customers_cannot_record_for_others(
+    server: RunningServer,
+) -> None:
+    world = setup_world(server, name="scoped")
+    other = setup_world(server, name="other")
+    gateway = bearer(issue(server.database_url, "eu-gateway", "ingest", customers=["scoped"]))
+    at = world.now - timedelta(days=1)
+
+    own = world.api.usage.RecordUsage(
+        usage_pb2.RecordUsageRequest(events=[world.event("s-1", "10", at)]), metadata=gateway
+    )
+    assert own.results[0].status == ACCEPTED
+
+    before = head_seq(server)
+    mixed = usage_pb2.RecordUsageRequest(
+        events=[world.event("s-2", "10", at), other.event("o-1", "10", at)]
+    )
+    with pytest.raises(grpc.RpcError) as raised:
+        world.api.usage.RecordUsage(mixed, metadata=gateway)
+    failed: Any = raised.value
+    assert failed.code() == DENIED
+    assert "'other'" in failed.details()
+    # Nothing of the batch was written; the refusal itself is the only new entry.
+    assert head_seq(server) == before + 1
+    invoice = other.api.invoices.GetInvoice(
+        invoices_pb2.GetInvoiceRequest(customer_id="other", at=ts(at))
+    )
+    assert invoice.total.amount == "0.00"
+    # Reads are outside an ingest token's role, even for its own customer.
+    with pytest.raises(grpc.RpcError) as read:
+        world.api.invoices.GetInvoice(
+            invoices_pb2.GetInvoiceRequest(customer_id="scoped", at=ts(at)), metadata=gateway
+        )
+    read_failure: Any = read.value
+    assert read_failure.code() == DENIED
+
+
+@pytest.fixture
+def limited_server(database_url: str) -> Iterator[RunningServer]:
+    settings = dataclasses.replace(default_settings(), rate_limit_per_s=1, rate_limit_burst=3)
+    yield from serving(database_url, settings=settings)
+
+
+def test_a_principal_over_its_rate_limit_is_told_when_to_retry(
+    limited_server: RunningServer,
+) -> None:
+    first = bearer(issue(limited_server.database_url, "busy", "reader"))
+    second = bearer(issue(limited_server.database_url, "calm", "reader"))
+    with grpc.insecure_channel(limited_server.address) as channel:
+        get_card = "/accrual.v1.CatalogService/GetRateCard"
+        codes = [call(channel, get_card, first) for _ in range(4)]
+        limited = grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert limited not in codes[:3], codes  # within the burst
+        assert codes[3] == limited
+        # Another principal has its own allowance.
+        assert call(channel, get_card, second) == codes[0]
+        try:
+            channel.unary_unary(get_card)(b"", metadata=first, timeout=5)
+            raise AssertionError("the fifth call must be limited too")
+        except grpc.RpcError as error:
+            status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    retry = error_details_pb2.RetryInfo()
+    assert any(detail.Unpack(retry) for detail in status.details)
+    assert 0 < retry.retry_delay.ToTimedelta().total_seconds() <= 1
+
+
+# ---------------------------------------------------------------------------------------
+# Four eyes
+
+
+def draft_request(world: Any, unit_price: str, **fields: Any) -> catalog_pb2.DraftRateCardRequest:
+    return catalog_pb2.DraftRateCardRequest(
+        rate_card_id=world.rate_card_id,
+        name="List prices",
+        currency="USD",
+        effective_from=ts(world.start),
+        rates=[
+            catalog_pb2.Rate(product_id=world.product_id, model="per_unit", unit_price=unit_price)
+        ],
+        reason="price change",
+        **fields,
+    )
+
+
+def test_a_price_needs_a_second_person_and_prices_nothing_until_published(
+    server: RunningServer,
+) -> None:
+    world = setup_world(server, unit_price="0.0015")
+    at = world.first_period_instant
+    world.record(world.event("t-1", "1000", at))
+    assert world.invoice_at(at).total.amount == "1.50"
+
+    author = bearer(issue(server.database_url, "pat", "pricing-author"))
+    approver = bearer(issue(server.database_url, "quinn", "pricing-approver"))
+    catalog = world.api.catalog
+    draft = catalog.DraftRateCard(draft_request(world, "0.003"), metadata=author)
+    assert (draft.status, draft.drafted_by, draft.rate_card.version) == ("drafted", "pat", 0)
+    ref = {"rate_card_id": world.rate_card_id, "draft": draft.draft}
+
+    def refused(rpc: Any, request: Any, metadata: list[tuple[str, str]]) -> Any:
+        with pytest.raises(grpc.RpcError) as raised:
+            rpc(request, metadata=metadata)
+        failure: Any = raised.value
+        return failure
+
+    # The author cannot approve, even holding the approver role as well.
+    both = bearer(issue(server.database_url, "pat", "pricing-author", "pricing-approver"))
+    approve = catalog_pb2.ApproveRateCardDraftRequest(**ref, reason="looks right")
+    self_approval = refused(catalog.ApproveRateCardDraft, approve, both)
+    assert self_approval.code() == PRECONDITION
+    assert "cannot also approve" in self_approval.details()
+    publish = catalog_pb2.PublishRateCardDraftRequest(**ref, reason="go")
+    assert refused(catalog.PublishRateCardDraft, publish, author).code() == PRECONDITION
+    assert world.invoice_at(at).total.amount == "1.50", "a draft prices nothing"
+
+    approved = catalog.ApproveRateCardDraft(approve, metadata=approver)
+    assert (approved.status, approved.approved_by) == ("approved", "quinn")
+    assert refused(catalog.ApproveRateCardDraft, approve, approver).code() == PRECONDITION
+    assert world.invoice_at(at).total.amount == "1.50", "an approval alone prices nothing"
+
+    card = catalog.PublishRateCardDraft(publish, metadata=author)
+    assert card.version == 2
+    assert world.invoice_at(at).total.amount == "3.00"
+    assert refused(catalog.PublishRateCardDraft, publish, author).code() == PRECONDITION
+    shown = catalog.GetRateCardDraft(catalog_pb2.GetRateCardDraftRequest(**ref))
+    assert (shown.status, shown.published_version) == ("published", 2)
+
+    # A rollback is the same flow: a draft copying version 1.
+    rollback = catalog.DraftRateCard(
+        catalog_pb2.DraftRateCardRequest(
+            rate_card_id=world.rate_card_id,
+            copy_of_version=1,
+            effective_from=ts(world.start),
+            reason="roll back",
+        ),
+        metadata=author,
+    )
+    assert rollback.copy_of_version == 1
+    assert rollback.rate_card.rates[0].unit_price == "0.0015"
+    back = {"rate_card_id": world.rate_card_id, "draft": rollback.draft}
+    catalog.ApproveRateCardDraft(
+        catalog_pb2.ApproveRateCardDraftRequest(**back, reason="ok"), metadata=approver
+    )
+    restored = catalog.PublishRateCardDraft(
+        catalog_pb2.PublishRateCardDraftRequest(**back, reason="roll back"), metadata=approver
+    )
+    assert restored.version == 3
+    assert world.invoice_at(at).total.amount == "1.50"
+
+    # Every step is in the audit trail with its actor and reason.
+    trail = audit_pb2_grpc.AuditServiceStub(server.channel).ListAuditEntries(
+        audit_pb2.ListAuditEntriesRequest(consistency_token=head_seq(server))
+    )
+    steps = [
+        (e.kind, e.actor, e.reason)
+        for e in trail.entries
+        if e.subject in (f"{world.rate_card_id} draft {draft.draft}", f"{world.rate_card_id} v2")
+    ]
+    assert steps == [
+        ("RateCardDrafted", "pat", "price change"),
+        ("RateCardDraftApproved", "quinn", "looks right"),
+        ("RateCardPublished", "pat", "go"),
+    ]
+
+
+def test_tokens_never_reach_the_logs_or_errors(
+    server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = issue(server.database_url, "logged", "reader")
+    wrong_secret = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+    with grpc.insecure_channel(server.address) as channel:
+        codes = [
+            call(channel, "/accrual.v1.InvoiceService/GetInvoice", bearer(token))
+            for token in (good, wrong_secret, good)
+        ]
+        # Denied (and logged, and audited) with the good token, too.
+        denied = call(channel, "/accrual.v1.InvoiceService/FinalizeInvoice", bearer(good))
+    assert codes[1] == UNAUTHENTICATED and UNAUTHENTICATED not in (codes[0], codes[2])
+    assert denied == DENIED
+    logged = capsys.readouterr()
+    secret = good.rsplit("_", 1)[1]
+    assert '"principal": "logged"' in logged.err, "the calls were logged"
+    for text in (logged.out, logged.err):
+        assert secret not in text
+        assert wrong_secret.rsplit("_", 1)[1] not in text
