@@ -84,6 +84,9 @@ CLIENT_ERRORS: Final = frozenset(
 LEAKED_SQL: Final = ("SELECT ", "INSERT INTO")
 LEAKED_INTERNALS: Final = ("traceback", "psycopg")
 
+# Part of the reliability suite too (make test-reliability), and of make test.
+pytestmark = pytest.mark.reliability
+
 FUZZ = settings(
     max_examples=50,
     deadline=None,
