@@ -21,18 +21,14 @@ ACCRUAL_SOAK_THREADS. A summary goes to tests/reliability/results/.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -41,13 +37,12 @@ from pathlib import Path
 import grpc
 import psycopg
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.api.accrual.v1 import invoices_pb2, usage_pb2
 from services.bootstrap import PROJECTOR_POOL_MAX
-from services.embedded_db import EmbeddedPostgres, free_port
 from tests.e2e.conftest import RunningServer, WithToken
 from tests.e2e.helpers import ACCEPTED, World, setup_world, ts
+from tests.reliability.workload import running_node
 
 
 def _env_int(name: str, default: int) -> int:
@@ -73,88 +68,7 @@ P99_FLOOR_S = 0.020
 STALL_MS = 1000.0  # any window slower than this is a stall, not noise
 CALL_TIMEOUT_S = 10.0
 QUANTITY = "10"
-STARTUP_S = 60
 RESULTS = Path(__file__).parent / "results"
-
-
-# ---------------------------------------------------------------------------------------
-# `accrual serve` as a subprocess on its own embedded PostgreSQL
-
-
-@dataclass
-class Server:
-    data_dir: Path
-    pg_port: int
-    grpc_port: int
-    process: subprocess.Popen[bytes]
-    channel: grpc.Channel
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def database(self) -> EmbeddedPostgres:
-        return EmbeddedPostgres(self.data_dir / "pgdata", self.pg_port)
-
-    def token(self, who: str) -> str:
-        return (self.data_dir / f"{who}-token").read_text().strip()
-
-    def log_tail(self) -> str:
-        log = self.data_dir / "serve.log"
-        return log.read_text(errors="replace")[-4000:] if log.exists() else ""
-
-    def running_server(self, channel: grpc.Channel) -> RunningServer:
-        return RunningServer(
-            self.address, self.database.url, channel, self.token("admin"), self.token("approver")
-        )
-
-
-@contextlib.contextmanager
-def serve(data_dir: Path, **extra: str) -> Iterator[Server]:
-    pg_port, grpc_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCRUAL_", "OTEL_"))}
-    env |= {
-        "ACCRUAL_DATA_DIR": str(data_dir),
-        "ACCRUAL_EMBEDDED_PG_PORT": str(pg_port),
-        "ACCRUAL_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
-        "ACCRUAL_LOG_FORMAT": "json",
-        **extra,
-    }
-    with (data_dir / "serve.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-            server = Server(data_dir, pg_port, grpc_port, process, channel)
-            _wait_serving(server)
-            yield server
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
-        database = EmbeddedPostgres(data_dir / "pgdata", pg_port)
-        if database.is_running():
-            database.stop(mode="immediate")
-
-
-def _wait_serving(server: Server) -> None:
-    stub = health_pb2_grpc.HealthStub(server.channel)
-    deadline = time.monotonic() + STARTUP_S
-    while time.monotonic() < deadline:
-        assert server.process.poll() is None, server.log_tail()
-        try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-        except grpc.RpcError:
-            time.sleep(0.2)
-            continue
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING, reply.status
-        return
-    raise AssertionError(f"accrual serve did not become healthy\n{server.log_tail()}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -323,9 +237,16 @@ def print_table(samples: list[Sample], warm_up: int) -> None:
 @pytest.mark.reliability
 @pytest.mark.timeout(SOAK_SECONDS + 300)
 def test_steady_ingest_keeps_memory_connections_and_latency_flat(tmp_path: Path) -> None:
-    with serve(tmp_path, ACCRUAL_DB_POOL_MAX=str(POOL_MAX)) as server:
-        channel = grpc.intercept_channel(server.channel, WithToken(server.token("admin")))
-        world = setup_world(server.running_server(channel), name="soak")
+    pool = {"ACCRUAL_DB_POOL_MAX": str(POOL_MAX)}
+    with (
+        running_node(tmp_path, extra_env=pool) as server,
+        grpc.insecure_channel(server.address) as plain,
+    ):
+        admin, approver = server.token("admin"), server.token("approver")
+        channel = grpc.intercept_channel(plain, WithToken(admin))
+        running = RunningServer(server.address, server.database.url, channel, admin, approver)
+        world = setup_world(running, name="soak")
+        assert server.process is not None
         pid = server.process.pid
         calls = Calls()
         stop = threading.Event()
@@ -399,8 +320,7 @@ def test_steady_ingest_keeps_memory_connections_and_latency_flat(tmp_path: Path)
             invoiced = invoiced_quantity()
 
         assert server.process.poll() is None, server.log_tail()
-        server.process.send_signal(signal.SIGTERM)
-        exit_code = server.process.wait(timeout=30)
+        exit_code = server.terminate(timeout=30)
 
     # -- figures ----------------------------------------------------------------------
     warm_up = max(1, int(len(samples) * WARM_UP))
