@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
+from typing import Final
 
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
@@ -29,9 +30,10 @@ from ledger.app.billing import (
 from ledger.app.catalog import CatalogCommands, RateCardInput
 from ledger.app.commands import Command, Write, run_command
 from ledger.app.context import RequestContext
+from ledger.app.paging import page_of
 from ledger.app.streams import customer_stream, usage_stream
 from ledger.app.usage import UsageInput
-from ledger.core.billing import CustomerState, contract_at, period_number_at
+from ledger.core.billing import CustomerState, begun_periods, contract_at, period_number_at
 from ledger.core.catalog import BillableMetric, RateCardVersion
 from ledger.core.errors import DomainError, FieldViolation, Rule, Violations, invalid
 from ledger.core.events import InvoiceFinalized, UsageRecorded
@@ -98,6 +100,10 @@ class ReplayCheck:
         return self.recorded_sha256 == self.replayed_sha256
 
 
+LIST_PAGE_DEFAULT: Final = 12
+LIST_PAGE_MAX: Final = 100
+
+
 class Invoicing:
     """Read drafts and finalized invoices; finalize periods that have ended."""
 
@@ -126,6 +132,23 @@ class Invoicing:
             head = (await read_head(conn)).seq
             customer, contract_id, number = await _locate(conn, invoice_id, customer_id, at, head)
             return await self._view(conn, customer, contract_id, number, head)
+
+    async def list(
+        self, customer_id: str, page_size: int, page_token: str
+    ) -> tuple[list[InvoiceView], str]:
+        """A customer's invoices, newest period first, a page at a time; each open
+        period's draft is priced, so pages are small."""
+        if not customer_id:
+            raise invalid("customer_id", "is required")
+        async with self._snapshot() as conn:
+            head = (await read_head(conn)).seq
+            customer = await load_customer(conn, customer_id, head)
+            refs = begun_periods(customer, self._clock())
+            page, token = page_of(
+                refs, page_size, page_token, default=LIST_PAGE_DEFAULT, most=LIST_PAGE_MAX
+            )
+            views = [await self._view(conn, customer, c, n, head) for c, n in page]
+            return views, token
 
     async def preview(self, request: PreviewRequest) -> InvoiceView:
         """The invoice a customer would get under other prices or usage; writes nothing."""

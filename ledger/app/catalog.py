@@ -11,6 +11,7 @@ from datetime import datetime
 from ledger.app.billing import rate_card_versions
 from ledger.app.commands import Command, Write, run_command
 from ledger.app.context import RequestContext
+from ledger.app.paging import page_of
 from ledger.app.streams import draft_stream, metric_stream, product_stream, rate_card_stream
 from ledger.core.catalog import (
     Aggregation,
@@ -254,17 +255,9 @@ class CatalogCommands:
         versions = await self._versions(rate_card_id)
         if not versions:
             raise DomainError(Rule.RATE_CARD_NOT_FOUND, f"no rate card {rate_card_id!r}")
-        if page_size < 0:
-            raise invalid("page_size", "must not be negative")
-        if page_token and not (
-            page_token.isascii() and page_token.isdigit() and len(page_token) <= 9
-        ):
-            raise invalid("page_token", "is not a token this service issued")
-        after = int(page_token) if page_token else 0
-        size = min(page_size or PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX)
-        page = versions[after : after + size]
-        more = after + size < len(versions)
-        return page, str(after + size) if more else ""
+        return page_of(
+            versions, page_size, page_token, default=PAGE_SIZE_DEFAULT, most=PAGE_SIZE_MAX
+        )
 
     async def diff_rate_card_versions(
         self, rate_card_id: str, from_version: int, to_version: int

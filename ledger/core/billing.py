@@ -74,6 +74,20 @@ def period_number_at(contract: Contract, instant: datetime) -> int | None:
     return period_index(contract.billing_anchor, instant) - first + 1
 
 
+def begun_periods(state: CustomerState, now: datetime) -> list[tuple[str, int]]:
+    """``(contract_id, period number)`` of every period that has begun by ``now``,
+    newest first (ties: by contract id)."""
+    refs: list[tuple[datetime, str, int]] = []
+    for contract in state.contracts.values():
+        for number in range(1, PERIOD_NUMBER_MAX + 1):
+            period = contract_period(contract, number)
+            if period is None or period.start > now:
+                break
+            refs.append((period.start, contract.contract_id, number))
+    refs.sort(key=lambda ref: (-ref[0].timestamp(), ref[1]))
+    return [(contract_id, number) for _, contract_id, number in refs]
+
+
 def invoice_id(contract_id: str, number: int) -> str:
     """The id of a contract's invoice for its ``number``-th period."""
     return f"in-{contract_id}-{number}"

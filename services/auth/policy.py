@@ -34,6 +34,7 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "/accrual.v1.ContractService/CreateContract": frozenset({"billing-operator"}),
     "/accrual.v1.ContractService/GetContract": _READERS,
     "/accrual.v1.InvoiceService/GetInvoice": _READERS,
+    "/accrual.v1.InvoiceService/ListInvoices": _READERS,
     "/accrual.v1.InvoiceService/FinalizeInvoice": frozenset({"billing-operator"}),
     # Writes nothing, but shows any customer's bill under any price.
     "/accrual.v1.InvoiceService/PreviewInvoice": _PRICING | {"billing-operator", "auditor"},

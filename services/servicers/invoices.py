@@ -41,6 +41,18 @@ class InvoiceServicer(invoices_pb2_grpc.InvoiceServiceServicer):
         return _message(await self._invoicing.finalize(request.invoice_id, ctx))
 
     @rpc
+    async def ListInvoices(
+        self, request: invoices_pb2.ListInvoicesRequest, context: grpc.aio.ServicerContext
+    ) -> invoices_pb2.ListInvoicesResponse:
+        describe_call(customer_id=request.customer_id)
+        views, token = await self._invoicing.list(
+            request.customer_id, request.page_size, request.page_token
+        )
+        return invoices_pb2.ListInvoicesResponse(
+            invoices=[_message(view) for view in views], next_page_token=token
+        )
+
+    @rpc
     async def PreviewInvoice(
         self, request: invoices_pb2.PreviewInvoiceRequest, context: grpc.aio.ServicerContext
     ) -> invoices_pb2.Invoice:
