@@ -139,21 +139,26 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         names = (context.auth_context() or {}).get("x509_common_name") or []
         if len(names) != 1:
             return None
-        return await self._credentials.principal_for_certificate(names[0].decode())
+        try:
+            common_name = names[0].decode()
+        except UnicodeDecodeError:
+            return None
+        return await self._credentials.principal_for_certificate(common_name)
 
 
 def _out_of_scope(principal: Principal, request: Any) -> str | None:
     """Why a customer-scoped principal may not make this request (None: it may).
 
-    The scope is checked against the customers the request names: every usage
-    event's, or the request's ``customer_id``. A request that names none (an
-    invoice by id, a ledger-wide audit) is refused to a scoped principal.
+    The scope is checked against every customer the request names: each usage
+    event's, the customer or contract being created, or ``customer_id``. A
+    request whose customer is not in it (an invoice by id, a ledger-wide audit)
+    is refused to a scoped principal rather than looked up.
     """
     if principal.customers is None:
         return None
     named = _customers_named(request)
     if not named:
-        return "a customer-scoped credential must name the customer"
+        return "a customer-scoped credential must name the customer (not an invoice id)"
     outside = sorted(named - principal.customers)
     if outside:
         return f"not allowed for customer {', '.join(map(repr, outside[:3]))}"
@@ -161,12 +166,19 @@ def _out_of_scope(principal: Principal, request: Any) -> str | None:
 
 
 def _customers_named(request: Any) -> set[str]:
+    """The customers a request acts on; empty if any part of it is not a customer id."""
     fields = getattr(getattr(request, "DESCRIPTOR", None), "fields_by_name", {})
+    if "invoice_id" in fields and request.invoice_id:
+        return set()  # the invoice's own customer decides, and the request does not say it
+    named: set[str] = set()
     if "events" in fields:
-        return {event.customer_id for event in request.events}
+        named |= {event.customer_id for event in request.events}
+    for holder in ("customer", "contract"):  # CreateCustomer, CreateContract
+        if holder in fields and request.HasField(holder):
+            named.add(getattr(request, holder).customer_id)
     if "customer_id" in fields and request.customer_id:
-        return {request.customer_id}
-    return set()
+        named.add(request.customer_id)
+    return named
 
 
 async def _abort(

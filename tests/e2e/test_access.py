@@ -19,6 +19,7 @@ from services.api.accrual.v1 import (
     audit_pb2,
     audit_pb2_grpc,
     catalog_pb2,
+    contracts_pb2,
     invoices_pb2,
     usage_pb2,
 )
@@ -316,3 +317,48 @@ def test_tokens_never_reach_the_logs_or_errors(
     for text in (logged.out, logged.err):
         assert secret not in text
         assert wrong_secret.rsplit("_", 1)[1] not in text
+
+
+def test_a_scoped_principal_reaches_only_its_customers_however_a_request_names_them(
+    server: RunningServer,
+) -> None:
+    mine = setup_world(server, name="mine")
+    victim = setup_world(server, name="victim")
+    victims_invoice = victim.invoice_at(victim.first_period_instant).invoice_id
+    reader = bearer(issue(server.database_url, "mine-reader", "reader", customers=["mine"]))
+    own = mine.api.invoices.GetInvoice(
+        invoices_pb2.GetInvoiceRequest(customer_id="mine", at=ts(mine.first_period_instant)),
+        metadata=reader,
+    )
+    assert own.customer_id == "mine"
+    # An invoice id names no customer in the request: refused, not looked up, even
+    # when a customer_id inside the scope rides along.
+    for request in (
+        invoices_pb2.GetInvoiceRequest(invoice_id=victims_invoice, customer_id="mine"),
+        invoices_pb2.GetInvoiceRequest(invoice_id=own.invoice_id),
+    ):
+        with pytest.raises(grpc.RpcError) as raised:
+            mine.api.invoices.GetInvoice(request, metadata=reader)
+        failed: Any = raised.value
+        assert failed.code() == DENIED, request
+
+    # Creating customers and contracts names the customer inside the message.
+    operator = bearer(issue(server.database_url, "mine-ops", "billing-operator", customers=["m2"]))
+    contracts = mine.api.contracts
+    created = contracts.CreateCustomer(
+        contracts_pb2.CreateCustomerRequest(
+            customer=contracts_pb2.Customer(customer_id="m2", name="M2")
+        ),
+        metadata=operator,
+    )
+    assert created.customer_id == "m2"
+    with pytest.raises(grpc.RpcError) as outside:
+        contracts.CreateCustomer(
+            contracts_pb2.CreateCustomerRequest(
+                customer=contracts_pb2.Customer(customer_id="x", name="X")
+            ),
+            metadata=operator,
+        )
+    refused: Any = outside.value
+    assert refused.code() == DENIED
+    assert "'x'" in refused.details()
