@@ -133,7 +133,13 @@ class CatalogCommands:
             else:
                 card = dataclasses.replace(await self.validate_rate_card(cmd), version=0)
             drafts, version = await self._drafts(cmd.rate_card_id)
-            drafted = RateCardDrafted(len(drafts) + 1, card, ctx.actor, copy_of_version)
+            drafted = RateCardDrafted(
+                len(drafts) + 1,
+                card,
+                ctx.actor,
+                copy_of_version,
+                effective_at_publish=cmd.effective_from is None,
+            )
             return [Write(draft_stream(cmd.rate_card_id), drafted, version)]
 
         content = {"card": encode(cmd), "copy_of_version": copy_of_version}
@@ -163,7 +169,9 @@ class CatalogCommands:
     ) -> tuple[RateCardVersion, int]:
         """Make an approved draft the rate card's next immutable version.
 
-        The version takes effect at the draft's ``effective_from``. Its rates were
+        The version takes effect at the draft's ``effective_from`` (or now, if the
+        draft gave none: a price drafted Monday and published Friday must not
+        re-price the days between). Its rates were
         checked when drafted (products and metrics never change); its currency is
         checked again, since a first version may have been published meanwhile.
         """
@@ -173,10 +181,15 @@ class CatalogCommands:
             drafts, draft_version = await self._drafts(rate_card_id)
             draft = find_draft(drafts, rate_card_id, number)
             versions = await self._versions(rate_card_id)
-            if versions and versions[0].currency != draft.rate_card.currency:
-                message = f"rate card {rate_card_id!r} is now priced in {versions[0].currency}"
+            first, card = (versions[0] if versions else None), draft.rate_card
+            if first is not None and (first.currency, first.currency_decimals) != (
+                card.currency,
+                card.currency_decimals,
+            ):
+                unit = f"{first.currency} with {first.currency_decimals} places"
+                message = f"rate card {rate_card_id!r} is now priced in {unit}"
                 raise DomainError(Rule.DRAFT_STALE, message)
-            published, closed = publish(draft, len(versions) + 1, ctx.actor)
+            published, closed = publish(draft, len(versions) + 1, ctx.actor, self._clock())
             return [
                 Write(rate_card_stream(rate_card_id), published, len(versions)),
                 Write(draft_stream(rate_card_id), closed, draft_version),

@@ -68,6 +68,9 @@ class RateCardDrafted(DomainEvent):
     drafted_by: str
     # The published version this draft restores (a rollback); 0 for a new price.
     copy_of_version: int = 0
+    # No effective_from was given: the version takes effect when it is published,
+    # not when it was drafted (``rate_card.effective_from`` is only a placeholder).
+    effective_at_publish: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 
 from ledger.core.catalog import RateCardVersion
@@ -37,6 +38,7 @@ class RateCardDraft:
     rate_card: RateCardVersion
     drafted_by: str
     copy_of_version: int = 0
+    effective_at_publish: bool = False
     status: DraftStatus = DraftStatus.DRAFTED
     approved_by: str = ""
     published_version: int = 0
@@ -48,7 +50,11 @@ def drafts_of(events: Iterable[DomainEvent]) -> dict[int, RateCardDraft]:
     for event in events:
         if isinstance(event, RateCardDrafted):
             drafts[event.draft] = RateCardDraft(
-                event.draft, event.rate_card, event.drafted_by, event.copy_of_version
+                event.draft,
+                event.rate_card,
+                event.drafted_by,
+                event.copy_of_version,
+                event.effective_at_publish,
             )
         elif isinstance(event, RateCardDraftApproved):
             drafts[event.draft] = dataclasses.replace(
@@ -83,9 +89,12 @@ def approve(draft: RateCardDraft, approver: str) -> RateCardDraftApproved:
 
 
 def publish(
-    draft: RateCardDraft, version: int, publisher: str
+    draft: RateCardDraft, version: int, publisher: str, now: datetime
 ) -> tuple[RateCardPublished, RateCardDraftPublished]:
-    """The published version and the draft's closing event, if it is approved."""
+    """The published version and the draft's closing event, if it is approved.
+
+    A draft made without an ``effective_from`` takes effect ``now``, when published.
+    """
     card = draft.rate_card.rate_card_id
     if draft.status is DraftStatus.PUBLISHED:
         message = f"draft {draft.draft} of {card!r} is already version {draft.published_version}"
@@ -93,7 +102,8 @@ def publish(
     if draft.status is not DraftStatus.APPROVED:
         message = f"draft {draft.draft} of {card!r} needs approval by a second person first"
         raise DomainError(Rule.DRAFT_NOT_APPROVED, message)
-    published = dataclasses.replace(draft.rate_card, version=version)
+    effective_from = now if draft.effective_at_publish else draft.rate_card.effective_from
+    published = dataclasses.replace(draft.rate_card, version=version, effective_from=effective_from)
     return (
         RateCardPublished(published),
         RateCardDraftPublished(card, draft.draft, version, publisher),
