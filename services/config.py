@@ -56,8 +56,8 @@ class Settings:
         env = os.environ if env is None else env
         return cls(
             database_url=env.get("ACCRUAL_DATABASE_URL") or None,
-            service_database_url=env.get("ACCRUAL_SERVICE_DATABASE_URL") or None,
-            projector_database_url=env.get("ACCRUAL_PROJECTOR_DATABASE_URL") or None,
+            service_database_url=_role_url(env, "ACCRUAL_SERVICE_DATABASE_URL"),
+            projector_database_url=_role_url(env, "ACCRUAL_PROJECTOR_DATABASE_URL"),
             data_dir=Path(env.get("ACCRUAL_DATA_DIR", ".accrual")).resolve(),
             embedded_pg_port=_int(env, "ACCRUAL_EMBEDDED_PG_PORT", 54329, 1, 65535),
             grpc_address=_address(env.get("ACCRUAL_GRPC_ADDRESS", "127.0.0.1:50051")),
@@ -83,6 +83,19 @@ class Settings:
             rate_limit_burst=_int(env, "ACCRUAL_RATE_LIMIT_BURST", 10_000, 1, 1_000_000),
             credential_cache_s=_int(env, "ACCRUAL_CREDENTIAL_CACHE_S", 5, 0, 3600),
         )
+
+
+_ROLE_URLS = ("ACCRUAL_SERVICE_DATABASE_URL", "ACCRUAL_PROJECTOR_DATABASE_URL")
+
+
+def _role_url(env: Mapping[str, str], name: str) -> str | None:
+    """One role's URL; both or neither must be set. With only the service's, the
+    projector would run as the owner and make tables the service cannot read."""
+    given = [n for n in _ROLE_URLS if env.get(n)]
+    if len(given) == 1:
+        other = next(n for n in _ROLE_URLS if n not in given)
+        raise ConfigError(f"{given[0]} is set but {other} is not: set both, or neither")
+    return env.get(name) or None
 
 
 def _tls(env: Mapping[str, str]) -> TlsFiles | None:

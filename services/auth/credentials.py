@@ -409,6 +409,9 @@ def _retrieve_exception(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
+LOOKUPS_IN_FLIGHT_MAX = 2
+
+
 class CredentialStore:
     """Who a bearer token or a client certificate belongs to.
 
@@ -433,6 +436,9 @@ class CredentialStore:
         self._tokens: _TtlCache[str, _TokenRecord | None] = _TtlCache(cache_s, cache_size)
         self._certificates: _TtlCache[str, Principal | None] = _TtlCache(cache_s, cache_size)
         self._loading: dict[tuple[str, str], asyncio.Task[Any]] = {}
+        # A flood of made-up but well-formed tokens misses the cache every time;
+        # bounding the lookups in flight keeps it from taking the app's whole pool.
+        self._lookups = asyncio.Semaphore(LOOKUPS_IN_FLIGHT_MAX)
 
     async def principal_for_token(self, token: str) -> Principal | None:
         """The token's principal; None if it is malformed, unknown, revoked or expired."""
@@ -489,7 +495,8 @@ class CredentialStore:
         load: Callable[[str], Awaitable[V]],
     ) -> V:
         try:
-            value = await load(key)
+            async with self._lookups:
+                value = await load(key)
             cache.put(key, value, self._clock())
             return value
         finally:

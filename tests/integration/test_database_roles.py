@@ -263,12 +263,17 @@ def test_role_urls_are_derived_on_the_embedded_server_and_fall_back_to_the_owner
     )
 
     service = "postgresql://accrual_service:s@db.example:5432/accrual"
+    projector = "postgresql://accrual_projector:p@db.example:5432/accrual"
     given = Settings.from_env(
-        {"ACCRUAL_DATABASE_URL": external, "ACCRUAL_SERVICE_DATABASE_URL": service}
+        {
+            "ACCRUAL_DATABASE_URL": external,
+            "ACCRUAL_SERVICE_DATABASE_URL": service,
+            "ACCRUAL_PROJECTOR_DATABASE_URL": projector,
+        }
     )
-    partly = role_urls(given, external, embedded=False)
-    assert partly.service == service
-    assert partly.owner_login == ("ACCRUAL_PROJECTOR_DATABASE_URL",)
+    both = role_urls(given, external, embedded=False)
+    assert (both.service, both.projector, both.owner_login) == (service, projector, ())
+    # Only one of them is refused at start (Settings), with both names in the message.
 
 
 def test_projection_tables_made_on_the_owner_s_url_are_handed_to_the_projector(

@@ -29,6 +29,10 @@ def test_defaults_need_no_environment() -> None:
         ("ACCRUAL_LOG_FORMAT", "xml", "one of"),
         ("ACCRUAL_PROMETHEUS_ADDRESS", "9464", "host:port"),
         ("ACCRUAL_DIGEST_ALGORITHM", "rsa", "one of"),
+        ("ACCRUAL_SERVICE_DATABASE_URL", "postgresql://accrual_service@db/x", "set both"),
+        ("ACCRUAL_PROJECTOR_DATABASE_URL", "postgresql://accrual_projector@db/x", "set both"),
+        ("ACCRUAL_TLS_CERT_FILE", "/nonexistent.pem", "go together"),
+        ("ACCRUAL_TLS_CLIENT_CA_FILE", "/ca.pem", "needs a server certificate"),
     ],
 )
 def test_a_bad_value_is_refused_with_its_variable_named(
