@@ -1,0 +1,706 @@
+"""Benchmark: usage ingest against the limit (raw COPY) and a peer (a bare gRPC echo).
+
+Run with ``.venv/bin/python tests/bench/bench_ingest.py`` (not part of ``make test``).
+It starts its own embedded PostgreSQL (fsync on) and, in one run, measures:
+
+1. the limit: binary COPY of N usage-event-shaped rows into a scratch copy of
+   ``events`` (batches of 5,000 per transaction), rows/s;
+2. the Python gRPC ceiling: a grpc.aio echo service in its own process, called
+   with 64 calls in flight, calls/s and p50/p99;
+3. Accrual's RecordUsage through a real ``accrual serve`` on the same database:
+   (a) batches of 1,000 events from 8 concurrent clients, (b) single events with
+   64 calls in flight; events/s, p50/p99, the server's peak RSS and CPU.
+
+Load comes from a separate process (grpc.aio, N coroutines, requests serialized
+before the clock starts) whose own CPU use is reported. Each Accrual row is set
+against the reference measured in the same run. Prints one table and writes it
+with the machine and versions to tests/bench/results/ingest-<UTC>.json.
+
+Knobs: ACCRUAL_BENCH_SECONDS (per phase, default 10), ACCRUAL_BENCH_COPY_ROWS
+(default 200000), ACCRUAL_BENCH_PYSPY=1 (record py-spy profiles of the server
+during the Accrual phases, written beside the results).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+import psycopg  # noqa: E402
+from google.protobuf.timestamp_pb2 import Timestamp  # noqa: E402
+
+from ledger.store import migrate  # noqa: E402
+from services.api.accrual.v1 import (  # noqa: E402
+    catalog_pb2,
+    catalog_pb2_grpc,
+    contracts_pb2,
+    contracts_pb2_grpc,
+    usage_pb2,
+)
+from services.embedded_db import EmbeddedPostgres  # noqa: E402
+
+SECONDS = float(os.environ.get("ACCRUAL_BENCH_SECONDS", "10"))
+COPY_ROWS = int(os.environ.get("ACCRUAL_BENCH_COPY_ROWS", "200000"))
+PYSPY = os.environ.get("ACCRUAL_BENCH_PYSPY", "") not in ("", "0")
+WARMUP_S = 1.0
+COPY_BATCH = 5_000
+USAGE_BATCH = 1_000
+BATCH_CLIENTS = 8
+SINGLE_CLIENTS = 64
+CUSTOMERS = 100
+RESULTS = Path(__file__).parent / "results"
+ECHO_METHOD = "/bench.Echo/Echo"
+USAGE_METHOD = "/accrual.v1.UsageService/RecordUsage"
+# Fixed-width placeholders, replaced in the serialized bytes (lengths must not change).
+TX_PLACEHOLDER = b"TXID0000000000000"  # prefix letter + 16 digits after "TX"
+CUSTOMER_PLACEHOLDER = b"cust-000"
+
+COPY_TYPES = [
+    "int8",
+    "int4",
+    "text",
+    "int8",
+    "text",
+    "int4",
+    "bytea",
+    "bytea",
+    "timestamptz",
+    "timestamptz",
+    "text",
+    "text",
+    "bytea",
+    "bytea",
+]
+COPY_COLUMNS = (
+    "seq, partition, stream_id, stream_version, event_type, schema_version, payload,"
+    " metadata, occurred_at, recorded_at, idempotency_key, request_hash, prev_hash, hash"
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers shared by the processes
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def customer_id(n: int) -> str:
+    return f"cust-{n % CUSTOMERS:03d}"
+
+
+def single_event_request() -> bytes:
+    """One serialized RecordUsageRequest with one event, with placeholders to fill."""
+    stamp = Timestamp()
+    stamp.FromDatetime(datetime.now(UTC) - timedelta(seconds=30))
+    request = usage_pb2.RecordUsageRequest(
+        events=[
+            usage_pb2.UsageEvent(
+                transaction_id=TX_PLACEHOLDER.decode(),
+                customer_id=CUSTOMER_PLACEHOLDER.decode(),
+                event_type="completion",
+                timestamp=stamp,
+                properties={"model": "small", "tokens": "1234"},
+            )
+        ]
+    )
+    data = request.SerializeToString(deterministic=True)
+    assert data.count(TX_PLACEHOLDER) == 1 and data.count(CUSTOMER_PLACEHOLDER) == 1
+    return data
+
+
+def event_bytes(template: bytes, prefix: str, n: int) -> bytes:
+    """A single-event request for transaction ``n``: repeated fields concatenate, so
+    joining k of these is a valid k-event request."""
+    tx = b"TX" + prefix.encode() + b"%014d" % n
+    assert len(tx) == len(TX_PLACEHOLDER)
+    return template.replace(TX_PLACEHOLDER, tx).replace(
+        CUSTOMER_PLACEHOLDER, customer_id(n).encode()
+    )
+
+
+def cpu_seconds_of(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds(postmaster: int) -> float:
+    """CPU of the postmaster and its children (backends, walwriter, checkpointer...)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(entry.name) == postmaster or int(stat[1]) == postmaster:
+                total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return total
+
+
+def status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# Child process: the echo server
+
+
+def echo_server(port: int) -> None:
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        handler = grpc.method_handlers_generic_handler(
+            "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+        )
+        server.add_generic_rpc_handlers((handler,))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------------------------------
+# Child process: the load generator
+
+
+def load_generator(config: dict[str, Any]) -> None:
+    """Prints START and STOP around the measured window, then one JSON line."""
+    template = single_event_request()
+    per_call = int(config["events_per_call"])
+    prefix = str(config["prefix"])
+    budget = int(config["budget_calls"])
+    if config["kind"] == "echo":
+        requests = [template] * budget
+    else:
+        requests = [
+            b"".join(event_bytes(template, prefix, c * per_call + i) for i in range(per_call))
+            for c in range(budget)
+        ]
+    metadata = tuple(tuple(pair) for pair in config["metadata"])
+    concurrency = int(config["concurrency"])
+    seconds = float(config["seconds"])
+
+    async def main() -> dict[str, Any]:
+        channels = [
+            grpc.aio.insecure_channel(config["target"]) for _ in range(int(config["channels"]))
+        ]
+        calls = [ch.unary_unary(config["method"]) for ch in channels]
+        for ch in channels:
+            await ch.channel_ready()
+        latencies: list[float] = []
+        errors: dict[str, int] = {}
+        state = {"next": 0, "ok": 0, "measuring": False, "stop": False}
+
+        async def client(k: int) -> None:
+            call = calls[k % len(calls)]
+            while not state["stop"]:
+                index = state["next"]
+                if index >= len(requests):
+                    return
+                state["next"] = index + 1
+                started = time.perf_counter()
+                try:
+                    await call(requests[index], metadata=metadata, timeout=60)
+                except grpc.aio.AioRpcError as error:
+                    errors[error.code().name] = errors.get(error.code().name, 0) + 1
+                    continue
+                state["ok"] += 1
+                if state["measuring"]:
+                    latencies.append(time.perf_counter() - started)
+
+        tasks = [asyncio.create_task(client(k)) for k in range(concurrency)]
+        await asyncio.sleep(WARMUP_S)
+        state["measuring"] = True
+        print("START", flush=True)
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds and state["next"] < len(requests):
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - t0
+        usage1 = resource.getrusage(resource.RUSAGE_SELF)
+        state["measuring"] = False
+        measured = len(latencies)
+        print("STOP", flush=True)
+        state["stop"] = True
+        await asyncio.gather(*tasks)
+        for ch in channels:
+            await ch.close()
+        latencies.sort()
+        cpu = (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime)
+        return {
+            "calls": measured,
+            "seconds": elapsed,
+            "calls_per_s": measured / elapsed,
+            "events_per_s": measured * per_call / elapsed,
+            "p50_ms": percentile(latencies, 0.50) * 1000,
+            "p99_ms": percentile(latencies, 0.99) * 1000,
+            "client_cpu_pct": 100 * cpu / elapsed,
+            "ok_calls_total": state["ok"],
+            "errors": errors,
+            "budget_exhausted": state["next"] >= len(requests),
+        }
+
+    print(json.dumps(asyncio.run(main())), flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# The driver
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(address: str, process: subprocess.Popen[bytes], within_s: float = 60) -> None:
+    deadline = time.monotonic() + within_s
+    with grpc.insecure_channel(address) as channel:
+        while time.monotonic() < deadline:
+            assert process.poll() is None, f"{process.args} exited"
+            with contextlib.suppress(grpc.FutureTimeoutError):
+                grpc.channel_ready_future(channel).result(timeout=0.5)
+                return
+    raise RuntimeError(f"nothing serving on {address}")
+
+
+class Sampler:
+    """Peak VmRSS every 0.2 s and CPU seconds of a process (and PostgreSQL) in a window."""
+
+    def __init__(self, pid: int, postmaster: int | None = None) -> None:
+        self.pid, self.postmaster = pid, postmaster
+        self.peak_rss_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.cpu: dict[str, float] = {}
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                self.peak_rss_kb = max(self.peak_rss_kb, status_kb(self.pid, "VmRSS"))
+            self._stop.wait(0.2)
+
+    def mark(self, name: str) -> None:
+        self.cpu[f"{name}_server"] = cpu_seconds_of(self.pid)
+        if self.postmaster is not None:
+            self.cpu[f"{name}_postgres"] = postgres_cpu_seconds(self.postmaster)
+        self.cpu[f"{name}_t"] = time.perf_counter()
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def cpu_pct(self, who: str) -> float:
+        if f"STOP_{who}" not in self.cpu:
+            return float("nan")
+        wall = self.cpu["STOP_t"] - self.cpu["START_t"]
+        return 100 * (self.cpu[f"STOP_{who}"] - self.cpu[f"START_{who}"]) / wall
+
+
+def run_load(config: dict[str, Any], sampler: Sampler | None, profile: Path | None) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(config, handle)
+    spy: subprocess.Popen[bytes] | None = None
+    try:
+        process = subprocess.Popen(
+            [sys.executable, __file__, "load", handle.name],
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            text=True,
+        )
+        assert process.stdout is not None
+        result: dict[str, Any] = {}
+        for line in process.stdout:
+            word = line.strip()
+            if word in ("START", "STOP") and sampler is not None:
+                sampler.mark(word)
+            if word == "START" and profile is not None and sampler is not None:
+                spy = start_pyspy(sampler.pid, profile, config["seconds"])
+            elif word.startswith("{"):
+                result = json.loads(word)
+        if process.wait() != 0 or not result:
+            raise RuntimeError(f"load generator failed ({process.returncode})")
+        return result
+    finally:
+        os.unlink(handle.name)
+        if spy is not None:
+            spy.wait(timeout=60)
+
+
+def start_pyspy(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes] | None:
+    binary = Path(sys.executable).with_name("py-spy")
+    found = str(binary) if binary.exists() else shutil.which("py-spy")
+    if found is None:
+        print("  (py-spy not found; no profile)")
+        return None
+    return subprocess.Popen(
+        [
+            *(found, "record", "--format", "raw", "--rate", "200"),
+            *("--duration", str(int(seconds)), "--pid", str(pid), "--output", str(out)),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def copy_limit(url: str) -> dict[str, float]:
+    """Binary COPY of usage-shaped rows into a scratch copy of ``events``."""
+    now = datetime.now(UTC)
+    rows = []
+    versions: dict[str, int] = {}
+    prev = b"\0" * 32
+    for n in range(COPY_ROWS):
+        customer = customer_id(n)
+        stream = f"usage-{customer}"
+        versions[stream] = versions.get(stream, 0) + 1
+        occurred = now - timedelta(seconds=n % 86_400)
+        payload = (
+            f'{{"customer_id":"{customer}","event_type":"completion","occurred_at":'
+            f'"{occurred.isoformat()}","properties":{{"model":"small","tokens":"{n % 5000}"}},'
+            f'"transaction_id":"copy-{n:016d}"}}'
+        ).encode()
+        digest = hashlib.sha256(payload).hexdigest()
+        row_hash = hashlib.sha256(prev + payload).digest()
+        rows.append(
+            (
+                n + 1,
+                0,
+                stream,
+                versions[stream],
+                "UsageRecorded",
+                1,
+                payload,
+                b'{"actor":"bench","request_id":"0123456789abcdef"}',
+                occurred,
+                now,
+                f"usage:{customer}:copy-{n:016d}",
+                digest,
+                prev,
+                row_hash,
+            )
+        )
+        prev = row_hash
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "CREATE TABLE copy_limit"
+            " (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)"
+        )
+        conn.commit()
+        started = time.perf_counter()
+        with conn.cursor() as cur:
+            for start in range(0, COPY_ROWS, COPY_BATCH):
+                with conn.transaction():
+                    command = f"COPY copy_limit ({COPY_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+                    with cur.copy(command) as copy:
+                        copy.set_types(COPY_TYPES)
+                        for row in rows[start : start + COPY_BATCH]:
+                            copy.write_row(row)
+        elapsed = time.perf_counter() - started
+        count = conn.execute("SELECT count(*) FROM copy_limit").fetchone()
+        assert count is not None and count[0] == COPY_ROWS, count
+        conn.execute("DROP TABLE copy_limit")
+        conn.commit()
+    return {"rows": COPY_ROWS, "seconds": elapsed, "rows_per_s": COPY_ROWS / elapsed}
+
+
+def setup_world(address: str, admin: tuple[tuple[str, str], ...]) -> None:
+    """A metric, a product and the customers: all RecordUsage needs is a known customer
+    (and a metric to check quantities against); no rate card or contract is read."""
+    with grpc.insecure_channel(address) as channel:
+        catalog = catalog_pb2_grpc.CatalogServiceStub(channel)
+        contracts = contracts_pb2_grpc.ContractServiceStub(channel)
+        catalog.CreateBillableMetric(
+            catalog_pb2.CreateBillableMetricRequest(
+                metric=catalog_pb2.BillableMetric(
+                    metric_id="tokens",
+                    name="LLM tokens",
+                    event_type="completion",
+                    aggregation="SUM",
+                    property="tokens",
+                )
+            ),
+            metadata=admin,
+            timeout=30,
+        )
+        catalog.CreateProduct(
+            catalog_pb2.CreateProductRequest(
+                product=catalog_pb2.Product(product_id="llm", name="LLM", metric_id="tokens")
+            ),
+            metadata=admin,
+            timeout=30,
+        )
+        for n in range(CUSTOMERS):
+            contracts.CreateCustomer(
+                contracts_pb2.CreateCustomerRequest(
+                    customer=contracts_pb2.Customer(customer_id=customer_id(n), name=f"C {n}")
+                ),
+                metadata=admin,
+                timeout=30,
+            )
+
+
+def usage_rows(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM events WHERE event_type = 'UsageRecorded'")
+        found = row.fetchone()
+    assert found is not None
+    return int(found[0])
+
+
+@contextlib.contextmanager
+def accrual_serve(data_dir: Path, pg_port: int, grpc_port: int) -> Iterator[subprocess.Popen]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCRUAL_", "OTEL_"))}
+    env |= {
+        "ACCRUAL_DATA_DIR": str(data_dir),
+        "ACCRUAL_EMBEDDED_PG_PORT": str(pg_port),
+        "ACCRUAL_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
+        "ACCRUAL_LOG_FORMAT": "json",
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+    }
+    with (data_dir / "serve.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "serve"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def pg_version(url: str) -> str:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    return str(row[0]) if row else "?"
+
+
+def budget(rate_guess: float) -> int:
+    return int(rate_guess * (SECONDS + WARMUP_S + 2))
+
+
+def main() -> int:
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        data_dir = Path(folder)
+        pg_port = free_port()
+        embedded = EmbeddedPostgres(data_dir / "pgdata", pg_port, fsync=True)
+        url = embedded.start()
+        try:
+            migrate.upgrade(url)
+            version = pg_version(url)
+            postmaster = int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
+
+            print(f"1. raw binary COPY of {COPY_ROWS:,} rows ...", flush=True)
+            figures["copy_limit"] = copy_limit(url)
+
+            print("2. gRPC echo, 64 in flight ...", flush=True)
+            echo_port = free_port()
+            echo = subprocess.Popen([sys.executable, __file__, "echo", str(echo_port)], cwd=ROOT)
+            try:
+                wait_port(f"127.0.0.1:{echo_port}", echo)
+                with Sampler(echo.pid) as sampler:
+                    result = run_load(
+                        {
+                            "kind": "echo",
+                            "target": f"127.0.0.1:{echo_port}",
+                            "method": ECHO_METHOD,
+                            "metadata": [],
+                            "events_per_call": 1,
+                            "prefix": "e",
+                            "budget_calls": budget(40_000),
+                            "concurrency": SINGLE_CLIENTS,
+                            "channels": 4,
+                            "seconds": SECONDS,
+                        },
+                        sampler,
+                        None,
+                    )
+                result["server_cpu_pct"] = sampler.cpu_pct("server")
+                result["server_peak_rss_kb"] = sampler.peak_rss_kb
+                figures["echo"] = result
+            finally:
+                echo.terminate()
+                echo.wait(timeout=30)
+
+            grpc_port = free_port()
+            print("3. accrual serve ...", flush=True)
+            with accrual_serve(data_dir, pg_port, grpc_port) as serve:
+                address = f"127.0.0.1:{grpc_port}"
+                wait_port(address, serve)
+                deadline = time.monotonic() + 60
+                while not (data_dir / "admin-token").exists() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                token = (data_dir / "admin-token").read_text().strip()
+                admin = (("authorization", f"Bearer {token}"),)
+                setup_world(address, admin)
+                rows_before = usage_rows(url)
+                acknowledged = 0
+                phases = [
+                    ("batched", "b", USAGE_BATCH, BATCH_CLIENTS, budget(60)),
+                    ("single", "s", 1, SINGLE_CLIENTS, budget(20_000)),
+                ]
+                with Sampler(serve.pid, postmaster) as whole:
+                    for name, prefix, per_call, clients, calls in phases:
+                        print(
+                            f"   RecordUsage {name}: {per_call}/call, {clients} clients", flush=True
+                        )
+                        profile = RESULTS / f"ingest-{stamp}-{name}.pyspy.txt" if PYSPY else None
+                        with Sampler(serve.pid, postmaster) as sampler:
+                            result = run_load(
+                                {
+                                    "kind": "usage",
+                                    "target": address,
+                                    "method": USAGE_METHOD,
+                                    "metadata": [list(pair) for pair in admin],
+                                    "events_per_call": per_call,
+                                    "prefix": prefix,
+                                    "budget_calls": calls,
+                                    "concurrency": clients,
+                                    "channels": min(clients, 4),
+                                    "seconds": SECONDS,
+                                },
+                                sampler,
+                                profile,
+                            )
+                        result["server_cpu_pct"] = sampler.cpu_pct("server")
+                        result["postgres_cpu_pct"] = sampler.cpu_pct("postgres")
+                        result["server_peak_rss_kb"] = sampler.peak_rss_kb
+                        if profile is not None:
+                            result["pyspy_profile"] = profile.name
+                        figures[name] = result
+                        acknowledged += result["ok_calls_total"] * per_call
+                    hwm = status_kb(serve.pid, "VmHWM")
+                figures["server_vmhwm_kb"] = hwm
+                figures["server_peak_rss_kb"] = whole.peak_rss_kb
+                written = usage_rows(url) - rows_before
+                figures["ledger_check"] = {"acknowledged": acknowledged, "written": written}
+        finally:
+            embedded.stop()
+
+    copy_rate = figures["copy_limit"]["rows_per_s"]
+    echo_r, batched, single = figures["echo"], figures["batched"], figures["single"]
+    ratios = {
+        "batched_vs_copy": batched["events_per_s"] / copy_rate,
+        "single_vs_echo": single["events_per_s"] / echo_r["calls_per_s"],
+        "single_p99_vs_echo_p99": single["p99_ms"] / echo_r["p99_ms"],
+        "batched_p99_vs_echo_p99": batched["p99_ms"] / echo_r["p99_ms"],
+    }
+    figures["ratios"] = ratios
+
+    def mb(kb: float) -> str:
+        return f"{kb / 1024:,.0f}"
+
+    print(
+        f"\nAccrual ingest benchmark: {SECONDS:g} s per phase, "
+        f"{os.cpu_count()} CPUs, PostgreSQL {version} (fsync on)"
+    )
+    head = (
+        f"  {'phase':<42} {'rate/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'vs ref':>16} {'srv CPU%':>8} {'pg CPU%':>8} {'cli CPU%':>8} {'RSS MB':>7}"
+    )
+    print(head)
+    print("  " + "-" * (len(head) - 2))
+    print(f"  {'limit: binary COPY, 5,000/txn (rows)':<42} {copy_rate:>10,.0f}")
+    print(
+        f"  {'ceiling: gRPC echo, 64 in flight (calls)':<42} {echo_r['calls_per_s']:>10,.0f} "
+        f"{echo_r['p50_ms']:>8.2f} {echo_r['p99_ms']:>8.2f} {'':>16} "
+        f"{echo_r['server_cpu_pct']:>8.0f} {'':>8} {echo_r['client_cpu_pct']:>8.0f} "
+        f"{mb(echo_r['server_peak_rss_kb']):>7}"
+    )
+    for label, row, versus in (
+        (
+            "RecordUsage 1,000/call, 8 clients",
+            batched,
+            f"{ratios['batched_vs_copy']:.1%} of COPY",
+        ),
+        ("RecordUsage 1/call, 64 in flight", single, f"{ratios['single_vs_echo']:.1%} of echo"),
+    ):
+        print(
+            f"  {label + ' (events)':<42} {row['events_per_s']:>10,.0f} {row['p50_ms']:>8.2f} "
+            f"{row['p99_ms']:>8.2f} {versus:>16} {row['server_cpu_pct']:>8.0f} "
+            f"{row['postgres_cpu_pct']:>8.0f} {row['client_cpu_pct']:>8.0f} "
+            f"{mb(row['server_peak_rss_kb']):>7}"
+        )
+    print(
+        f"  single-event p99 / echo p99: {ratios['single_p99_vs_echo_p99']:.1f}x;"
+        f" server VmHWM {mb(figures['server_vmhwm_kb'])} MB;"
+        f" ledger rows written {figures['ledger_check']['written']:,}"
+        f" / acknowledged {figures['ledger_check']['acknowledged']:,}"
+    )
+    for name in ("echo", "batched", "single"):
+        if figures[name]["errors"] or figures[name]["budget_exhausted"]:
+            print(
+                f"  NOTE {name}: errors {figures[name]['errors']}, "
+                f"budget exhausted {figures[name]['budget_exhausted']}"
+            )
+
+    record = {
+        "date": datetime.now(UTC).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "python": sys.version.split()[0],
+        "postgres": version,
+        "grpc": grpc.__version__,
+        "seconds_per_phase": SECONDS,
+        "copy_rows": COPY_ROWS,
+        "figures": figures,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"ingest-{stamp}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"  written to {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "echo":
+        echo_server(int(sys.argv[2]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "load":
+        load_generator(json.loads(Path(sys.argv[2]).read_text()))
+    else:
+        sys.exit(main())
