@@ -3,7 +3,8 @@
 ``evolve(state, event) -> state`` is the only way state changes; loading a
 customer is folding its stream. Invoice ids name the contract and the period's
 number within the contract (1 for the first period), so they are stable and
-can be resolved back to a period without any lookup table.
+can be resolved back to a period without any lookup table. A voided invoice's
+replacement adds its revision: ``in-<contract>-<n>-r1``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,19 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from ledger.core.catalog import Contract
+from ledger.core.contracts import amend
+from ledger.core.credits import BalanceBook, BalanceEntry, EntryKind
 from ledger.core.events import (
+    ContractAmended,
     ContractCreated,
+    CreditDrawnDown,
+    CreditExpired,
+    CreditGranted,
+    CreditReversed,
     CustomerCreated,
     DomainEvent,
     InvoiceFinalized,
+    InvoiceVoided,
 )
 from ledger.core.periods import Period, period_at, period_index
 
@@ -34,7 +43,27 @@ class CustomerState:
     contracts: dict[str, Contract] = field(default_factory=dict)
     contract_versions: dict[str, int] = field(default_factory=dict)
     finalized: dict[str, InvoiceFinalized] = field(default_factory=dict)
+    voided: dict[str, InvoiceVoided] = field(default_factory=dict)
+    balances: BalanceBook = field(default_factory=BalanceBook)
     version: int = 0
+
+    def current_revision(self, contract_id: str, number: int) -> int:
+        """How many times the period's invoice has been voided (its live revision)."""
+        revision = 0
+        while invoice_id(contract_id, number, revision) in self.voided:
+            revision += 1
+        return revision
+
+    def last_finalized(self, contract_id: str) -> tuple[int, InvoiceFinalized] | None:
+        """The contract's latest period whose current invoice is finalized, with it."""
+        latest: tuple[int, InvoiceFinalized] | None = None
+        for ref, event in self.finalized.items():
+            parsed = parse_invoice_ref(ref)
+            assert parsed is not None
+            standing = parsed.contract_id == contract_id and ref not in self.voided
+            if standing and (latest is None or parsed.number > latest[0]):
+                latest = (parsed.number, event)
+        return latest
 
 
 def evolve(state: CustomerState, event: DomainEvent, stream_version: int) -> CustomerState:
@@ -42,16 +71,49 @@ def evolve(state: CustomerState, event: DomainEvent, stream_version: int) -> Cus
     state = replace(state, version=stream_version)
     if isinstance(event, CustomerCreated):
         return replace(state, name=event.name, exists=True)
-    if isinstance(event, ContractCreated):
-        contract = event.contract
-        return replace(
-            state,
-            contracts={**state.contracts, contract.contract_id: contract},
-            contract_versions={**state.contract_versions, contract.contract_id: stream_version},
-        )
+    if isinstance(event, ContractCreated | ContractAmended):
+        return _evolve_contract(state, event, stream_version)
     if isinstance(event, InvoiceFinalized):
         return replace(state, finalized={**state.finalized, event.invoice.invoice_id: event})
-    return state
+    if isinstance(event, InvoiceVoided):
+        book = state.balances.void(event.invoice_id)
+        return replace(state, voided={**state.voided, event.invoice_id: event}, balances=book)
+    return replace(state, balances=_evolve_balances(state.balances, event))
+
+
+def _evolve_contract(
+    state: CustomerState, event: ContractCreated | ContractAmended, stream_version: int
+) -> CustomerState:
+    if isinstance(event, ContractCreated):
+        contract = event.contract
+    else:
+        contract = amend(state.contracts[event.amendment.contract_id], event.amendment)
+    return replace(
+        state,
+        contracts={**state.contracts, contract.contract_id: contract},
+        contract_versions={**state.contract_versions, contract.contract_id: stream_version},
+    )
+
+
+def _evolve_balances(book: BalanceBook, event: DomainEvent) -> BalanceBook:
+    if isinstance(event, CreditGranted):
+        return book.grant(event.grant, event.grant.starts_at, event.invoice_id)
+    if isinstance(event, CreditDrawnDown):
+        entry = BalanceEntry(
+            event.grant_id, EntryKind.DRAWN_DOWN, -event.amount, event.at, event.invoice_id
+        )
+        return book.record(entry)
+    if isinstance(event, CreditExpired):
+        entry = BalanceEntry(
+            event.grant_id, EntryKind.EXPIRED, -event.amount, event.at, event.invoice_id
+        )
+        return book.record(entry)
+    if isinstance(event, CreditReversed):
+        entry = BalanceEntry(
+            event.grant_id, EntryKind.REVERSED, event.amount, event.at, event.invoice_id
+        )
+        return book.record(entry)
+    return book
 
 
 def contract_period(contract: Contract, number: int) -> Period | None:
@@ -88,19 +150,45 @@ def begun_periods(state: CustomerState, now: datetime) -> list[tuple[str, int]]:
     return [(contract_id, number) for _, contract_id, number in refs]
 
 
-def invoice_id(contract_id: str, number: int) -> str:
-    """The id of a contract's invoice for its ``number``-th period."""
-    return f"in-{contract_id}-{number}"
+def invoice_id(contract_id: str, number: int, revision: int = 0) -> str:
+    """The id of a contract's invoice for its ``number``-th period (and revision)."""
+    base = f"in-{contract_id}-{number}"
+    return f"{base}-r{revision}" if revision else base
+
+
+@dataclass(frozen=True)
+class InvoiceRef:
+    contract_id: str
+    number: int
+    revision: int = 0
+
+    @property
+    def invoice_id(self) -> str:
+        return invoice_id(self.contract_id, self.number, self.revision)
+
+
+def parse_invoice_ref(text: str) -> InvoiceRef | None:
+    """The contract, period number and revision an invoice id names, or None."""
+    revision = 0
+    head, _, last = text.rpartition("-")
+    if last.startswith("r") and _is_number(last[1:], PERIOD_NUMBER_MAX):
+        revision, text = int(last[1:]), head
+    prefix, _, rest = text.partition("-")
+    contract_id, _, number = rest.rpartition("-")
+    if prefix != "in" or not contract_id or not _is_number(number, PERIOD_NUMBER_MAX):
+        return None
+    return InvoiceRef(contract_id, int(number), revision)
 
 
 def parse_invoice_id(text: str) -> tuple[str, int] | None:
     """``(contract_id, period number)`` from an invoice id, or None if malformed."""
-    prefix, _, rest = text.partition("-")
-    contract_id, _, number = rest.rpartition("-")
-    valid = number.isascii() and number.isdigit() and len(number) <= len(str(PERIOD_NUMBER_MAX))
-    if prefix != "in" or not contract_id or not valid or not 1 <= int(number) <= PERIOD_NUMBER_MAX:
-        return None
-    return contract_id, int(number)
+    ref = parse_invoice_ref(text)
+    return None if ref is None else (ref.contract_id, ref.number)
+
+
+def _is_number(text: str, most: int) -> bool:
+    valid = text.isascii() and text.isdigit() and len(text) <= len(str(most))
+    return valid and 1 <= int(text) <= most
 
 
 def contract_at(state: CustomerState, instant: datetime) -> Contract | None:

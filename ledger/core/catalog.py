@@ -12,6 +12,8 @@ from datetime import datetime
 from decimal import Decimal
 from enum import Enum
 
+from ledger.core.codec import added_field
+
 
 class Aggregation(Enum):
     """How a metric reduces matching usage events to a quantity."""
@@ -188,6 +190,15 @@ class Override:
 
 
 @dataclass(frozen=True)
+class PlanChange:
+    """From ``effective_at`` on, the contract is priced by this card (pinned or not)."""
+
+    effective_at: datetime
+    rate_card_id: str
+    pinned_version: int | None
+
+
+@dataclass(frozen=True)
 class Contract:
     """Binds a customer to a rate card for a term with a billing anchor.
 
@@ -204,6 +215,27 @@ class Contract:
     billing_anchor: datetime
     overrides: tuple[Override, ...] = ()
     currency: str = ""  # the rate card's, fixed when the contract is created
+    # Amendments that moved the contract to another card or version, oldest first.
+    plan_changes: tuple[PlanChange, ...] = added_field(())
+
+    def plans_over(self, start: datetime, end: datetime) -> list[tuple[datetime, PlanChange]]:
+        """The plans in force over ``[start, end)``, each with the instant it takes over."""
+        initial = PlanChange(self.starts_at, self.rate_card_id, self.pinned_version)
+        timeline = [initial, *self.plan_changes]
+        pieces: list[tuple[datetime, PlanChange]] = []
+        for plan, following in zip(timeline, [*timeline[1:], None], strict=True):
+            until = end if following is None else following.effective_at
+            if until > start and plan.effective_at < end:
+                pieces.append((max(plan.effective_at, start), plan))
+        return pieces
+
+    def plan_at(self, instant: datetime) -> PlanChange:
+        """The plan in force at ``instant`` (the initial one before the term starts)."""
+        current = PlanChange(self.starts_at, self.rate_card_id, self.pinned_version)
+        for change in self.plan_changes:
+            if change.effective_at <= instant:
+                current = change
+        return current
 
     def override_for(self, product_id: str, start: datetime, end: datetime) -> Override | None:
         """The highest-priority override of the product in force over ``[start, end)``."""

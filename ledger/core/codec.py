@@ -22,13 +22,26 @@ from ledger.core.canonical import JsonValue, parse_instant, to_json_value
 T = TypeVar("T")
 
 
+_OMIT_DEFAULT = "accrual_omit_default"
+
+
+def added_field(default: Any) -> Any:
+    """A field added to a shipped dataclass: left out of the encoded form while it
+    holds its default, so everything stored before it existed (and its content
+    hash) encodes exactly as it did."""
+    return dataclasses.field(default=default, metadata={_OMIT_DEFAULT: True})
+
+
 def encode(instance: Any) -> dict[str, JsonValue]:
     """A dataclass instance as a JSON-ready dict (canonical value forms)."""
     assert dataclasses.is_dataclass(instance) and not isinstance(instance, type)
-    return {
-        field.name: _encode_value(getattr(instance, field.name))
-        for field in dataclasses.fields(instance)
-    }
+    encoded: dict[str, JsonValue] = {}
+    for field in dataclasses.fields(instance):
+        value = getattr(instance, field.name)
+        if field.metadata.get(_OMIT_DEFAULT) and value == field.default:
+            continue
+        encoded[field.name] = _encode_value(value)
+    return encoded
 
 
 def _encode_value(value: Any) -> JsonValue:

@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, ClassVar, Final
 
 from ledger.core.catalog import BillableMetric, Contract, Product, RateCardVersion
 from ledger.core.codec import decode, encode
+from ledger.core.contracts import Amendment
+from ledger.core.credits import Grant
 from ledger.core.invoice import Invoice
 
 
@@ -130,6 +133,71 @@ class InvoiceFinalized(DomainEvent):
 
 
 @dataclass(frozen=True)
+class ContractAmended(DomainEvent):
+    """A contract's terms changed from ``amendment.effective_at`` on."""
+
+    EVENT_TYPE: ClassVar[str] = "ContractAmended"
+
+    amendment: Amendment
+
+
+@dataclass(frozen=True)
+class InvoiceVoided(DomainEvent):
+    """A finalized invoice no longer stands; ``replacement_id`` bills its period anew."""
+
+    EVENT_TYPE: ClassVar[str] = "InvoiceVoided"
+
+    invoice_id: str
+    replacement_id: str
+
+
+@dataclass(frozen=True)
+class CreditGranted(DomainEvent):
+    """A credit or commit was granted (or rolled over when an invoice expired another)."""
+
+    EVENT_TYPE: ClassVar[str] = "CreditGranted"
+
+    grant: Grant
+    invoice_id: str = ""  # for a rollover: the invoice whose finalization made it
+
+
+@dataclass(frozen=True)
+class CreditDrawnDown(DomainEvent):
+    """A finalized invoice used ``amount`` of a grant's balance."""
+
+    EVENT_TYPE: ClassVar[str] = "CreditDrawnDown"
+
+    grant_id: str
+    invoice_id: str
+    amount: Decimal
+    at: datetime
+
+
+@dataclass(frozen=True)
+class CreditExpired(DomainEvent):
+    """What was left of a grant lapsed at ``at``, entered when ``invoice_id`` was finalized."""
+
+    EVENT_TYPE: ClassVar[str] = "CreditExpired"
+
+    grant_id: str
+    invoice_id: str
+    amount: Decimal
+    at: datetime
+
+
+@dataclass(frozen=True)
+class CreditReversed(DomainEvent):
+    """A voided invoice's balance entry undone: ``amount`` is added back (signed)."""
+
+    EVENT_TYPE: ClassVar[str] = "CreditReversed"
+
+    grant_id: str
+    invoice_id: str
+    amount: Decimal
+    at: datetime
+
+
+@dataclass(frozen=True)
 class AccessDenied(DomainEvent):
     """An authenticated principal asked for something its roles do not allow."""
 
@@ -153,7 +221,13 @@ EVENT_CLASSES: Final[dict[str, type[DomainEvent]]] = {
         CustomerCreated,
         ContractCreated,
         ContractRegistered,
+        ContractAmended,
         InvoiceFinalized,
+        InvoiceVoided,
+        CreditGranted,
+        CreditDrawnDown,
+        CreditExpired,
+        CreditReversed,
         AccessDenied,
     )
 }

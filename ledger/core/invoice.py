@@ -11,11 +11,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from enum import Enum
 
 from ledger.core.canonical import canonical_json, sha256_hex
 from ledger.core.catalog import RateModel
-from ledger.core.codec import encode
+from ledger.core.codec import added_field, encode
 from ledger.core.rate_models import TierUse
+
+
+class LineKind(Enum):
+    USAGE = "usage"  # the period's own charges
+    ADJUSTMENT = "adjustment"  # late usage of an earlier, finalized period
+    TRUE_UP = "true_up"  # a postpaid commit's shortfall at its term's end
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,17 @@ class InvoiceLine:
     explanation: str
     tiers: tuple[TierUse, ...] = ()
     override_id: str = ""
+    kind: LineKind = added_field(LineKind.USAGE)
+    # An adjustment's earlier invoice; its segment is in that invoice's period.
+    adjusts_invoice_id: str = added_field("")
+
+
+@dataclass(frozen=True)
+class CreditApplied:
+    """How much of one grant's balance the invoice uses."""
+
+    grant_id: str
+    amount: Decimal
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,8 @@ class Invoice:
     rate_card_versions: tuple[int, ...]
     contract_version: int
     unbilled: tuple[UnbilledUsage, ...] = field(default=())
+    credits: tuple[CreditApplied, ...] = added_field(())
+    replaces_invoice_id: str = added_field("")  # the voided invoice this one replaces
 
 
 def canonical_invoice(invoice: Invoice) -> bytes:

@@ -17,6 +17,9 @@ from ledger.core.catalog import (
     BillableMetric,
     Contract,
     FilterOp,
+    Override,
+    OverrideKind,
+    PlanChange,
     Product,
     PropertyFilter,
     Rate,
@@ -24,15 +27,23 @@ from ledger.core.catalog import (
     RateModel,
 )
 from ledger.core.codec import decode, encode
+from ledger.core.contracts import Amendment
+from ledger.core.credits import Grant, GrantKind
 from ledger.core.events import (
     EVENT_CLASSES,
     AccessDenied,
     BillableMetricCreated,
+    ContractAmended,
     ContractCreated,
     ContractRegistered,
+    CreditDrawnDown,
+    CreditExpired,
+    CreditGranted,
+    CreditReversed,
     CustomerCreated,
     DomainEvent,
     InvoiceFinalized,
+    InvoiceVoided,
     ProductCreated,
     RateCardDraftApproved,
     RateCardDrafted,
@@ -42,7 +53,14 @@ from ledger.core.events import (
     from_payload,
     to_payload,
 )
-from ledger.core.invoice import Invoice, InvoiceLine, UnbilledUsage, content_sha256
+from ledger.core.invoice import (
+    CreditApplied,
+    Invoice,
+    InvoiceLine,
+    LineKind,
+    UnbilledUsage,
+    content_sha256,
+)
 
 START = datetime(2025, 1, 31, 9, 30, tzinfo=UTC)
 END = datetime(2025, 2, 28, 9, 30, tzinfo=UTC)
@@ -142,8 +160,56 @@ SAMPLES: dict[str, DomainEvent] = {
         ),
         ContractRegistered(contract_id="ct-1", customer_id="cus-1"),
         InvoiceFinalized(invoice=INVOICE, content_sha256=content_sha256(INVOICE)),
+        ContractAmended(
+            amendment=Amendment(
+                contract_id="ct-1",
+                effective_at=END,
+                plan=PlanChange(END, "rc-pro", 2),
+                add_overrides=(
+                    Override("o-1", "llm", OverrideKind.MULTIPLIER, multiplier=Decimal("0.9")),
+                ),
+                end_overrides=("o-0",),
+                change_term=True,
+                ends_at=None,
+            )
+        ),
+        InvoiceVoided(invoice_id="in-ct-1-1", replacement_id="in-ct-1-1-r1"),
+        CreditGranted(
+            grant=Grant(
+                grant_id="g-1",
+                customer_id="cus-1",
+                kind=GrantKind.PREPAID_COMMIT,
+                amount=Decimal("500.00"),
+                currency="USD",
+                starts_at=START,
+                expires_at=END,
+                products=("llm",),
+                priority=1,
+                rollover_fraction=Decimal("0.5"),
+                hard_limit=True,
+            ),
+            invoice_id="in-ct-1-1",
+        ),
+        CreditDrawnDown(grant_id="g-1", invoice_id="in-ct-1-1", amount=Decimal("1.50"), at=END),
+        CreditExpired(grant_id="g-1", invoice_id="in-ct-1-1", amount=Decimal("2.00"), at=END),
+        CreditReversed(grant_id="g-1", invoice_id="in-ct-1-1", amount=Decimal("-3.5"), at=END),
     ]
 }
+
+
+def test_added_fields_leave_the_stored_form_of_older_values_unchanged() -> None:
+    """Invoices finalized before credits, adjustments and voids keep their bytes and hash."""
+    payload = encode(INVOICE)
+    assert "credits" not in payload and "replaces_invoice_id" not in payload
+    assert all("kind" not in line for line in payload["lines"])  # type: ignore[union-attr]
+    richer = dataclasses.replace(
+        INVOICE,
+        lines=(dataclasses.replace(LINE, kind=LineKind.ADJUSTMENT, adjusts_invoice_id="in-x-1"),),
+        credits=(CreditApplied("g-1", Decimal("1.00")),),
+        replaces_invoice_id="in-ct-1-1",
+    )
+    assert decode(Invoice, json.loads(canonical_json(encode(richer)))) == richer
+    assert content_sha256(richer) != content_sha256(INVOICE)
 
 
 def round_trip(event: DomainEvent) -> tuple[DomainEvent, bytes]:
