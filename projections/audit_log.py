@@ -16,10 +16,13 @@ from typing import Any, Final
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import TupleRow
 
+from ledger.app.streams import customer_stream
 from ledger.core.canonical import format_instant
+from ledger.core.contracts import Amendment
 from ledger.core.events import (
     AccessDenied,
     BillableMetricCreated,
+    ContractAmended,
     ContractCreated,
     ContractRegistered,
     CustomerCreated,
@@ -153,12 +156,18 @@ def entry_row(stored: StoredEvent) -> tuple[object, ...]:
         stored.recorded_at,
         stored.event_type,
         metadata.get("actor", ""),
-        customer_id,
+        customer_id or _stream_customer(stored.stream_id),
         subject,
         metadata.get("reason", ""),
         metadata.get("request_id", ""),
         summary,
     )
+
+
+def _stream_customer(stream_id: str) -> str:
+    """The customer whose stream holds an event that does not name its customer."""
+    prefix = customer_stream("")
+    return stream_id.removeprefix(prefix) if stream_id.startswith(prefix) else ""
 
 
 def describe(event: DomainEvent) -> tuple[str, str, str]:
@@ -176,6 +185,27 @@ def _contract(event: ContractCreated) -> tuple[str, str, str]:
     pin = f" pinned to v{c.pinned_version}" if c.pinned_version else ""
     summary = f"created contract on {c.rate_card_id}{pin} from {format_instant(c.starts_at)}"
     return c.customer_id, c.contract_id, summary
+
+
+def _amended(event: ContractAmended) -> tuple[str, str, str]:
+    """The customer is the stream's: an amendment names only its contract."""
+    a = event.amendment
+    changes = "; ".join(_amendment_parts(a))
+    return "", a.contract_id, f"amended contract from {format_instant(a.effective_at)}: {changes}"
+
+
+def _amendment_parts(a: Amendment) -> list[str]:
+    parts = []
+    if a.plan is not None:
+        pin = f" pinned to v{a.plan.pinned_version}" if a.plan.pinned_version else ""
+        parts.append(f"plan {a.plan.rate_card_id}{pin}")
+    if a.add_overrides:
+        parts.append(f"added overrides {', '.join(o.override_id for o in a.add_overrides)}")
+    if a.end_overrides:
+        parts.append(f"ended overrides {', '.join(a.end_overrides)}")
+    if a.change_term:
+        parts.append(f"ends {format_instant(a.ends_at)}" if a.ends_at else "open-ended")
+    return parts
 
 
 def _finalized(event: InvoiceFinalized) -> tuple[str, str, str]:
@@ -219,6 +249,7 @@ def _metric(event: BillableMetricCreated) -> tuple[str, str, str]:
 _DESCRIBERS: Final[dict[type[DomainEvent], Callable[[Any], tuple[str, str, str]]]] = {
     CustomerCreated: _customer,
     ContractCreated: _contract,
+    ContractAmended: _amended,
     InvoiceFinalized: _finalized,
     RateCardPublished: _published,
     RateCardDrafted: _drafted,

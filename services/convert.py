@@ -10,13 +10,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.app.audit import SimulationRow
 from ledger.app.catalog import RateCardInput
-from ledger.app.customers import OverrideSpec
+from ledger.app.customers import AmendmentInput, OverrideSpec
 from ledger.app.usage import UsageInput
 from ledger.core.canonical import format_decimal
 from ledger.core.catalog import (
     BillableMetric,
     Contract,
     Override,
+    PlanChange,
     Product,
     Rate,
     RateCardVersion,
@@ -258,10 +259,33 @@ def contract_message(contract: Contract, seq: int = 0) -> contracts_pb2.Contract
         consistency_token=seq,
         overrides=[_override_message(o) for o in contract.overrides],
         currency=contract.currency,
+        plan_changes=[_plan_change_message(change) for change in contract.plan_changes],
     )
     if contract.ends_at is not None:
         message.ends_at.CopyFrom(timestamp(contract.ends_at))
     return message
+
+
+def _plan_change_message(change: PlanChange) -> contracts_pb2.PlanChange:
+    return contracts_pb2.PlanChange(
+        effective_at=timestamp(change.effective_at),
+        rate_card_id=change.rate_card_id,
+        pinned_version=change.pinned_version or 0,
+    )
+
+
+def amendment_input(request: contracts_pb2.AmendContractRequest) -> AmendmentInput:
+    return AmendmentInput(
+        contract_id=request.contract_id,
+        customer_id=request.customer_id,
+        effective_at=optional_datetime(request, "effective_at"),
+        rate_card_id=request.rate_card_id,
+        pinned_version=request.pinned_version if request.HasField("pinned_version") else None,
+        add_overrides=[override_spec(o) for o in request.add_overrides],
+        end_override_ids=list(request.end_override_ids),
+        ends_at=optional_datetime(request, "ends_at"),
+        clear_ends_at=request.clear_ends_at,
+    )
 
 
 def _line_message(line: InvoiceLine, currency: str) -> invoices_pb2.InvoiceLine:

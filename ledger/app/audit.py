@@ -213,7 +213,11 @@ async def _recorded_at(conn: Conn, seq: int) -> datetime | None:
 
 async def _streams_of(conn: Conn, customer: CustomerState, through: int) -> list[str]:
     """The customer's own streams and the catalog its contracts are priced from."""
-    card_ids = sorted({c.rate_card_id for c in customer.contracts.values()})
+    # Amendments may have moved a contract to other cards: each priced some period.
+    card_ids = sorted(
+        {c.rate_card_id for c in customer.contracts.values()}
+        | {p.rate_card_id for c in customer.contracts.values() for p in c.plan_changes}
+    )
     versions = [v for card in card_ids for v in await load_rate_card_versions(conn, card, through)]
     catalog = await load_catalog(conn, versions, through)
     return [

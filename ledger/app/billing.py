@@ -161,22 +161,31 @@ async def plan_invoice(
     if contract is None or period is None:
         raise DomainError(Rule.INVOICE_NOT_FOUND, f"no invoice {invoice_id(contract_id, number)!r}")
     if pricing is None:
-        versions = await load_rate_card_versions(conn, contract.rate_card_id, through_seq)
+        plans = contract.plans_over(period.start, period.end)
+        card_ids = sorted({plan.rate_card_id for _, plan in plans})
+        versions = {c: await load_rate_card_versions(conn, c, through_seq) for c in card_ids}
     else:
-        versions = [pricing]
+        versions = {pricing.rate_card_id: [pricing]}
+        # The simulated card prices the whole period, whatever plans were amended in.
         contract = replace(
-            contract, rate_card_id=pricing.rate_card_id, pinned_version=pricing.version
+            contract,
+            rate_card_id=pricing.rate_card_id,
+            pinned_version=pricing.version,
+            plan_changes=(),
         )
-    assert versions, "a contract's rate card exists when the contract is created"
+    assert all(versions.values()), "a contract's cards exist when it is created or amended"
+    every_version = [version for card in versions.values() for version in card]
+    # All of a contract's cards bill in its currency (checked when created or amended).
+    unit = every_version[-1]
     return InvoicePlan(
-        invoice_id=invoice_id(contract_id, number),
+        invoice_id=invoice_id(contract_id, number, customer.current_revision(contract_id, number)),
         customer=customer,
         contract=contract,
         period=period,
         segments=pricing_segments(contract, period, versions),
         # A simulated card may name products created after ``through_seq``.
-        catalog=await load_catalog(conn, versions, through_seq if pricing is None else None),
-        currency=(versions[-1].currency, versions[-1].currency_decimals),
+        catalog=await load_catalog(conn, every_version, through_seq if pricing is None else None),
+        currency=(unit.currency, unit.currency_decimals),
         through_seq=through_seq,
     )
 

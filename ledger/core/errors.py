@@ -43,6 +43,8 @@ class Rule(Enum):
     CONTRACT_NOT_FOUND = ("contract_not_found", Kind.NOT_FOUND)
     CONTRACT_EXISTS = ("contract_exists", Kind.EXISTS)
     CONTRACT_OVERLAPS = ("contract_overlaps", Kind.PRECONDITION)
+    CONTRACT_ENDED = ("contract_ended", Kind.PRECONDITION)
+    AMENDMENT_INTO_FINALIZED_PERIOD = ("amendment_into_finalized_period", Kind.PRECONDITION)
     INVOICE_NOT_FOUND = ("invoice_not_found", Kind.NOT_FOUND)
     INVOICE_ALREADY_FINALIZED = ("invoice_already_finalized", Kind.PRECONDITION)
     PERIOD_NOT_ENDED = ("period_not_ended", Kind.PRECONDITION)

@@ -19,6 +19,7 @@ from ledger.core.catalog import (
     Contract,
     Override,
     OverrideKind,
+    PlanChange,
     Product,
     Rate,
     RateCardVersion,
@@ -60,31 +61,60 @@ def version_in_force(
 
 
 def pricing_segments(
-    contract: Contract, period: Period, versions: Sequence[RateCardVersion]
+    contract: Contract, period: Period, versions: Mapping[str, Sequence[RateCardVersion]]
 ) -> tuple[Segment, ...]:
-    """Split a period wherever the contract's price changes: a new version takes
-    effect (unless pinned) or an override starts or ends."""
-    pinned = None
-    if contract.pinned_version is not None:
-        pinned = next(v for v in versions if v.version == contract.pinned_version)
-    cuts = {period.start}
-    if pinned is None:
-        cuts |= {v.effective_from for v in versions if period.contains(v.effective_from)}
-    for override in contract.overrides:
-        cuts |= {t for t in (override.starts_at, override.ends_at) if t and period.contains(t)}
-    ordered = sorted(cuts)
+    """Split a period wherever the contract's price changes: an amendment moves it to
+    another plan, a new version of the plan's card takes effect (unless pinned), or
+    an override starts or ends. ``versions`` are each card's, by rate card id."""
+    ordered = _cuts(contract, period, versions)
     segments: list[Segment] = []
+    previous_card_id = ""
     for start, end in zip(ordered, [*ordered[1:], period.end], strict=True):
-        version = pinned or version_in_force(versions, start)
+        plan = contract.plan_at(start)
+        version = _version_of_plan(plan, versions[plan.rate_card_id], start)
         active = tuple(o for o in contract.overrides if o.active_throughout(start, end))
-        if segments and _same_prices(segments[-1], version, active):
+        # Another card is another plan, even at the same prices: its lines name it.
+        same_card = plan.rate_card_id == previous_card_id
+        if segments and same_card and _same_prices(segments[-1], version, active):
             # An identical republished card changes nothing: the line is not split,
             # so it is rounded (and held to its minimum) once, as if unsplit.
             previous = segments[-1]
             segments[-1] = Segment(Period(previous.period.start, end), version, active)
         else:
             segments.append(Segment(Period(start, end), version, active))
+        previous_card_id = plan.rate_card_id
     return tuple(segments)
+
+
+def _cuts(
+    contract: Contract, period: Period, versions: Mapping[str, Sequence[RateCardVersion]]
+) -> list[datetime]:
+    """The instants in ``period`` where the contract's price may change, in order."""
+    cuts = {period.start}
+    for piece, plan in _plan_pieces(contract, period):
+        cuts.add(piece.start)
+        if plan.pinned_version is None:
+            effective = (v.effective_from for v in versions[plan.rate_card_id])
+            cuts |= {instant for instant in effective if piece.contains(instant)}
+    for override in contract.overrides:
+        cuts |= {t for t in (override.starts_at, override.ends_at) if t and period.contains(t)}
+    return sorted(cuts)
+
+
+def _plan_pieces(contract: Contract, period: Period) -> list[tuple[Period, PlanChange]]:
+    """The parts of ``period`` each of the contract's plans is in force over."""
+    pieces = contract.plans_over(period.start, period.end)
+    ends = [start for start, _ in pieces[1:]] + [period.end]
+    return [(Period(start, end), plan) for (start, plan), end in zip(pieces, ends, strict=True)]
+
+
+def _version_of_plan(
+    plan: PlanChange, versions: Sequence[RateCardVersion], instant: datetime
+) -> RateCardVersion | None:
+    """The plan's pinned version, or its card's version in force at ``instant``."""
+    if plan.pinned_version is None:
+        return version_in_force(versions, instant)
+    return next(v for v in versions if v.version == plan.pinned_version)
 
 
 def _same_prices(
@@ -183,7 +213,8 @@ def rate_invoice(
         credits_applied=zero(decimals),
         total=subtotal,
         computed_through_seq=computed_through_seq,
-        rate_card_id=contract.rate_card_id,
+        # The plan the period ends on: the card the next period continues with.
+        rate_card_id=contract.plan_at(segments[-1].period.start).rate_card_id,
         rate_card_versions=tuple(versions),
         contract_version=contract_version,
         unbilled=tuple(
@@ -392,7 +423,9 @@ def _same_price(
         card.currency,
         card.currency_decimals,
     )
-    return same_unit and run.override == override and rates(run.card) == rates(card)
+    # A line names one card: a plan change starts a new line even at the same price.
+    same_card = run.card.rate_card_id == card.rate_card_id
+    return same_card and same_unit and run.override == override and rates(run.card) == rates(card)
 
 
 def _count_unbilled(

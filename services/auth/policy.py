@@ -33,6 +33,8 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "/accrual.v1.ContractService/CreateCustomer": frozenset({"billing-operator"}),
     "/accrual.v1.ContractService/CreateContract": frozenset({"billing-operator"}),
     "/accrual.v1.ContractService/GetContract": _READERS,
+    "/accrual.v1.ContractService/AmendContract": frozenset({"billing-operator"}),
+    "/accrual.v1.ContractService/EndContract": frozenset({"billing-operator"}),
     "/accrual.v1.InvoiceService/GetInvoice": _READERS,
     "/accrual.v1.InvoiceService/ListInvoices": _READERS,
     "/accrual.v1.InvoiceService/FinalizeInvoice": frozenset({"billing-operator"}),

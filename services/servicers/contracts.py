@@ -6,8 +6,14 @@ import grpc
 
 from ledger.app.customers import ContractInput, CustomerCommands
 from services.api.accrual.v1 import contracts_pb2, contracts_pb2_grpc
-from services.convert import contract_message, optional_datetime, override_spec
+from services.convert import (
+    amendment_input,
+    contract_message,
+    optional_datetime,
+    override_spec,
+)
 from services.errors import rpc
+from services.observe import describe_call
 from services.request import request_context
 
 
@@ -53,3 +59,24 @@ class ContractServicer(contracts_pb2_grpc.ContractServiceServicer):
     ) -> contracts_pb2.Contract:
         contract = await self._customers.get_contract(request.customer_id, request.contract_id)
         return contract_message(contract)
+
+    @rpc
+    async def AmendContract(
+        self, request: contracts_pb2.AmendContractRequest, context: grpc.aio.ServicerContext
+    ) -> contracts_pb2.Contract:
+        describe_call(customer_id=request.customer_id)
+        ctx = request_context(context, request_id=request.request_id, reason=request.reason)
+        contract, seq = await self._customers.amend_contract(amendment_input(request), ctx)
+        return contract_message(contract, seq)
+
+    @rpc
+    async def EndContract(
+        self, request: contracts_pb2.EndContractRequest, context: grpc.aio.ServicerContext
+    ) -> contracts_pb2.Contract:
+        describe_call(customer_id=request.customer_id)
+        ctx = request_context(context, request_id=request.request_id, reason=request.reason)
+        ends_at = optional_datetime(request, "ends_at")
+        contract, seq = await self._customers.end_contract(
+            request.customer_id, request.contract_id, ends_at, ctx
+        )
+        return contract_message(contract, seq)

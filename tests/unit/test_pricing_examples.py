@@ -113,7 +113,7 @@ def bill(
     the_contract = contract(starts_at)
     period = Period(starts_at, END)
     versions = [version(1, LONG_AGO, *rates)]
-    segments = pricing_segments(the_contract, period, versions)
+    segments = pricing_segments(the_contract, period, {"rc-list": versions})
     assert [s.period for s in segments] == [period]
     start = segments[0].period.start
     keyed: dict[UsageKey, Tally] = {

@@ -568,7 +568,7 @@ def bill(
         contract=the_contract,
         contract_version=2,
         period=PERIOD,
-        segments=pricing_segments(the_contract, PERIOD, versions),
+        segments=pricing_segments(the_contract, PERIOD, {"rc-list": versions}),
         usage=usage,
         catalog=CATALOG,
         rate_card_currency=("USD", 2),
@@ -632,7 +632,7 @@ def test_a_higher_priority_overwrite_beats_a_multiplier_and_vice_versa() -> None
 def test_an_override_starting_mid_period_splits_the_period_at_its_start() -> None:
     half = multiplier("ov-half", "0.5", starts_at=MID)
     the_contract = contract(half)
-    assert pricing_segments(the_contract, PERIOD, [CARD]) == (
+    assert pricing_segments(the_contract, PERIOD, {"rc-list": [CARD]}) == (
         Segment(Period(START, MID), CARD, ()),
         Segment(Period(MID, END), CARD, (half,)),
     )

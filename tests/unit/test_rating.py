@@ -113,7 +113,7 @@ def bill(
         contract=the_contract,
         contract_version=3,
         period=PERIOD,
-        segments=pricing_segments(the_contract, PERIOD, versions),
+        segments=pricing_segments(the_contract, PERIOD, {"rc-list": versions}),
         usage=usage,
         catalog=catalog,
         rate_card_currency=("USD", 2),
@@ -182,7 +182,7 @@ V2 = version(2, MID, per_unit("llm", "0.003"))
 
 
 def test_a_following_contract_is_split_where_a_new_version_takes_effect() -> None:
-    assert pricing_segments(contract(), PERIOD, [V1, V2]) == (
+    assert pricing_segments(contract(), PERIOD, {"rc-list": [V1, V2]}) == (
         Segment(Period(START, MID), V1),
         Segment(Period(MID, END), V2),
     )
@@ -204,7 +204,9 @@ def test_each_segment_is_priced_by_its_own_version() -> None:
 
 
 def test_a_pinned_contract_is_not_split() -> None:
-    assert pricing_segments(contract(pinned_version=1), PERIOD, [V1, V2]) == (Segment(PERIOD, V1),)
+    assert pricing_segments(contract(pinned_version=1), PERIOD, {"rc-list": [V1, V2]}) == (
+        Segment(PERIOD, V1),
+    )
     invoice = bill({(START, "tokens", ()): summed(2000)}, [V1, V2], pinned_version=1)
     assert [(line.rate_card_version, str(line.amount)) for line in invoice.lines] == [(1, "4.00")]
     assert invoice.rate_card_versions == (1,)
@@ -212,12 +214,12 @@ def test_a_pinned_contract_is_not_split() -> None:
 
 def test_a_version_effective_at_the_period_start_covers_the_whole_period() -> None:
     v2 = dataclasses.replace(V2, effective_from=START)
-    assert pricing_segments(contract(), PERIOD, [V1, v2]) == (Segment(PERIOD, v2),)
+    assert pricing_segments(contract(), PERIOD, {"rc-list": [V1, v2]}) == (Segment(PERIOD, v2),)
 
 
 def test_a_version_effective_at_the_period_end_belongs_to_the_next_period() -> None:
     v2 = dataclasses.replace(V2, effective_from=END)
-    assert pricing_segments(contract(), PERIOD, [V1, v2]) == (Segment(PERIOD, V1),)
+    assert pricing_segments(contract(), PERIOD, {"rc-list": [V1, v2]}) == (Segment(PERIOD, V1),)
 
 
 def test_the_latest_published_version_in_effect_is_in_force() -> None:
@@ -228,7 +230,7 @@ def test_the_latest_published_version_in_effect_is_in_force() -> None:
 
 def test_usage_before_the_first_version_is_unbilled_with_a_reason() -> None:
     first = version(1, MID, per_unit("api", "0.01"))
-    assert pricing_segments(contract(), PERIOD, [first]) == (
+    assert pricing_segments(contract(), PERIOD, {"rc-list": [first]}) == (
         Segment(Period(START, MID), None),
         Segment(Period(MID, END), first),
     )
@@ -404,7 +406,7 @@ def completion(at: datetime, tokens: int) -> UsageRecorded:
 
 def bill_events(events: Sequence[UsageRecorded], versions: Sequence[RateCardVersion]) -> Invoice:
     """Bill raw events the way the service does: folded into the period's own segments."""
-    starts = [s.period.start for s in pricing_segments(contract(), PERIOD, versions)]
+    starts = [s.period.start for s in pricing_segments(contract(), PERIOD, {"rc-list": versions})]
     return bill(fold_usage(events, CATALOG.metrics.values(), starts, END), versions)
 
 
