@@ -25,9 +25,14 @@ from ledger.core.events import (
     ContractAmended,
     ContractCreated,
     ContractRegistered,
+    CreditDrawnDown,
+    CreditExpired,
+    CreditGranted,
+    CreditReversed,
     CustomerCreated,
     DomainEvent,
     InvoiceFinalized,
+    InvoiceVoided,
     ProductCreated,
     RateCardDraftApproved,
     RateCardDrafted,
@@ -214,6 +219,35 @@ def _finalized(event: InvoiceFinalized) -> tuple[str, str, str]:
     return i.customer_id, i.invoice_id, f"{summary} through seq {i.computed_through_seq}"
 
 
+def _voided(event: InvoiceVoided) -> tuple[str, str, str]:
+    summary = f"voided {event.invoice_id}; {event.replacement_id} bills its period"
+    return "", event.invoice_id, summary
+
+
+def _granted(event: CreditGranted) -> tuple[str, str, str]:
+    g = event.grant
+    until = f" until {format_instant(g.expires_at)}" if g.expires_at else ""
+    rolled = (
+        f", rolled over from {g.rolled_over_from} by {event.invoice_id}" if event.invoice_id else ""
+    )
+    summary = f"granted {g.kind.value} {g.grant_id}: {g.amount} {g.currency}{until}{rolled}"
+    return g.customer_id, g.grant_id, summary
+
+
+def _drawn(event: CreditDrawnDown) -> tuple[str, str, str]:
+    return "", event.grant_id, f"{event.invoice_id} drew {event.amount} from {event.grant_id}"
+
+
+def _expired(event: CreditExpired) -> tuple[str, str, str]:
+    summary = f"{event.amount} of {event.grant_id} expired {format_instant(event.at)}"
+    return "", event.grant_id, f"{summary} (entered by {event.invoice_id})"
+
+
+def _reversed(event: CreditReversed) -> tuple[str, str, str]:
+    summary = f"gave {event.amount} back to {event.grant_id}: {event.invoice_id} was voided"
+    return "", event.grant_id, summary
+
+
 def _published(event: RateCardPublished) -> tuple[str, str, str]:
     card = event.rate_card
     subject = f"{card.rate_card_id} v{card.version}"
@@ -251,6 +285,11 @@ _DESCRIBERS: Final[dict[type[DomainEvent], Callable[[Any], tuple[str, str, str]]
     ContractCreated: _contract,
     ContractAmended: _amended,
     InvoiceFinalized: _finalized,
+    InvoiceVoided: _voided,
+    CreditGranted: _granted,
+    CreditDrawnDown: _drawn,
+    CreditExpired: _expired,
+    CreditReversed: _reversed,
     RateCardPublished: _published,
     RateCardDrafted: _drafted,
     AccessDenied: _denied,

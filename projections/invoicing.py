@@ -26,6 +26,7 @@ from ledger.app.billing import (
     plan_invoice,
     replay_invoice,
     sequenced,
+    settle_invoice,
 )
 from ledger.app.catalog import CatalogCommands, RateCardInput
 from ledger.app.commands import Command, Write, run_command
@@ -33,11 +34,19 @@ from ledger.app.context import RequestContext
 from ledger.app.paging import page_of
 from ledger.app.streams import customer_stream, usage_stream
 from ledger.app.usage import UsageInput
-from ledger.core.billing import CustomerState, begun_periods, contract_at, period_number_at
+from ledger.core.billing import (
+    CustomerState,
+    InvoiceRef,
+    begun_periods,
+    contract_at,
+    parse_invoice_ref,
+    period_number_at,
+)
 from ledger.core.catalog import BillableMetric, RateCardVersion
 from ledger.core.errors import DomainError, FieldViolation, Rule, Violations, invalid
-from ledger.core.events import InvoiceFinalized, UsageRecorded
+from ledger.core.events import InvoiceFinalized, InvoiceVoided, UsageRecorded
 from ledger.core.invoice import Invoice, content_sha256
+from ledger.core.lifecycle import check_earlier_periods_final, finalization_events, void_events
 from ledger.core.metering import Tally, UsageKey, fold_usage, merge_tallies
 from ledger.store.event_store import (
     Pool,
@@ -58,6 +67,7 @@ Span = tuple[datetime, datetime]
 class InvoiceStatus(Enum):
     DRAFT = "DRAFT"
     FINALIZED = "FINALIZED"
+    VOIDED = "VOIDED"  # finalized, then voided; its replacement bills the period
     PREVIEW = "PREVIEW"  # a simulation: priced as asked, never stored
 
 
@@ -130,8 +140,8 @@ class Invoicing:
         """An invoice by id, or the one covering ``at`` for a customer."""
         async with self._snapshot() as conn:
             head = (await read_head(conn)).seq
-            customer, contract_id, number = await _locate(conn, invoice_id, customer_id, at, head)
-            return await self._view(conn, customer, contract_id, number, head)
+            customer, ref = await _locate(conn, invoice_id, customer_id, at, head)
+            return await self._view(conn, customer, ref, head)
 
     async def list(
         self, customer_id: str, page_size: int, page_token: str
@@ -147,7 +157,7 @@ class Invoicing:
             page, token = page_of(
                 refs, page_size, page_token, default=LIST_PAGE_DEFAULT, most=LIST_PAGE_MAX
             )
-            views = [await self._view(conn, customer, c, n, head) for c, n in page]
+            views = [await self._current(conn, customer, c, n, head) for c, n in page]
             return views, token
 
     async def preview(self, request: PreviewRequest) -> InvoiceView:
@@ -157,14 +167,19 @@ class Invoicing:
         async with self._snapshot() as conn:
             head = (await read_head(conn)).seq
             located = await _locate(conn, request.invoice_id, request.customer_id, request.at, head)
-            customer, contract_id, number = located
-            plan = await plan_invoice(conn, customer, contract_id, number, head, pricing=pricing)
+            customer, ref = located
+            plan = await plan_invoice(
+                conn, customer, ref.contract_id, ref.number, head, pricing=pricing
+            )
             if hypothetical is None:
-                usage = await self._usage(conn, plan, head)
+                invoice = await settle_invoice(
+                    conn, plan, plan.price(await self._usage(conn, plan, head))
+                )
             else:
+                # A quote: the hypothetical usage alone, priced; no balances or history.
                 metrics = plan.catalog.metrics.values()
                 usage = fold_usage(hypothetical, metrics, plan.segment_starts, plan.period.end)
-        invoice = plan.price(usage)
+                invoice = plan.price(usage)
         return InvoiceView(invoice, InvoiceStatus.PREVIEW, content_sha256(invoice))
 
     async def _preview_pricing(self, request: PreviewRequest) -> RateCardVersion | None:
@@ -181,20 +196,31 @@ class Invoicing:
         return None
 
     async def finalize(self, invoice_id: str, ctx: RequestContext) -> InvoiceView:
-        """Freeze an ended period's invoice; finalized invoices never change."""
+        """Freeze an ended period's invoice; finalized invoices never change.
+
+        The invoice's drawdowns, and the expiry (and rollover) of balances that
+        lapse by the period's end, are entered in the same append.
+        """
         if not invoice_id:
             raise invalid("invoice_id", "is required")
 
         async def decide() -> list[Write]:
             async with self._snapshot() as conn:
                 head = (await read_head(conn)).seq
-                customer, contract_id, number = await _locate(conn, invoice_id, "", None, head)
-                view = await self._view(conn, customer, contract_id, number, head)
+                customer, ref = await _locate(conn, invoice_id, "", None, head)
+                view = await self._view(conn, customer, ref, head)
             if view.status is InvoiceStatus.FINALIZED:
                 raise DomainError(Rule.INVOICE_ALREADY_FINALIZED, f"{invoice_id} is already final")
+            if view.status is InvoiceStatus.VOIDED:
+                raise DomainError(Rule.INVOICE_VOIDED, f"{invoice_id} was voided")
             self._check_period_ended(view.invoice)
-            event = InvoiceFinalized(view.invoice, view.content_sha256)
-            return [Write(customer_stream(customer.customer_id), event, customer.version)]
+            check_earlier_periods_final(customer, ref)
+            events = finalization_events(view.invoice, view.content_sha256, customer, self._clock())
+            stream = customer_stream(customer.customer_id)
+            return [
+                Write(stream, event, customer.version if i == 0 else None)
+                for i, event in enumerate(events)
+            ]
 
         command = Command(
             "FinalizeInvoice", {"invoice_id": invoice_id}, Rule.INVOICE_ALREADY_FINALIZED
@@ -202,6 +228,31 @@ class Invoicing:
         event, _ = await run_command(self._store, ctx, command, decide, self._clock())
         assert isinstance(event, InvoiceFinalized)
         return InvoiceView(event.invoice, InvoiceStatus.FINALIZED, event.content_sha256)
+
+    async def void(self, invoice_id: str, ctx: RequestContext) -> tuple[InvoiceView, str]:
+        """Void a finalized invoice, giving back the balance entries it made; the
+        period is billed again by a replacement (returned with its id)."""
+        if not invoice_id:
+            raise invalid("invoice_id", "is required")
+
+        async def decide() -> list[Write]:
+            async with self._snapshot() as conn:
+                head = (await read_head(conn)).seq
+                customer, ref = await _locate(conn, invoice_id, "", None, head)
+            events = void_events(customer, ref, self._clock())
+            stream = customer_stream(customer.customer_id)
+            return [
+                Write(stream, event, customer.version if i == 0 else None)
+                for i, event in enumerate(events)
+            ]
+
+        command = Command("VoidInvoice", {"invoice_id": invoice_id}, Rule.INVOICE_VOIDED)
+        event, _ = await run_command(self._store, ctx, command, decide, self._clock())
+        assert isinstance(event, InvoiceVoided)
+        async with self._snapshot() as conn:
+            head = (await read_head(conn)).seq
+            customer, ref = await _locate(conn, event.invoice_id, "", None, head)
+            return await self._view(conn, customer, ref, head), event.replacement_id
 
     async def verify_finalized(self, invoice_id: str) -> ReplayCheck:
         """Recompute a finalized invoice from raw events through its recorded position."""
@@ -226,6 +277,18 @@ class Invoicing:
             )
 
     async def _view(
+        self, conn: Conn, customer: CustomerState, ref: InvoiceRef, head: int
+    ) -> InvoiceView:
+        """The invoice ``ref`` names: a voided revision, or the period's current one."""
+        current = customer.current_revision(ref.contract_id, ref.number)
+        if ref.revision > current:
+            raise DomainError(Rule.INVOICE_NOT_FOUND, f"no invoice {ref.invoice_id!r}")
+        if ref.revision < current:
+            voided = customer.finalized[ref.invoice_id]
+            return InvoiceView(voided.invoice, InvoiceStatus.VOIDED, voided.content_sha256)
+        return await self._current(conn, customer, ref.contract_id, ref.number, head)
+
+    async def _current(
         self, conn: Conn, customer: CustomerState, contract_id: str, number: int, head: int
     ) -> InvoiceView:
         plan = await plan_invoice(conn, customer, contract_id, number, head)
@@ -233,7 +296,7 @@ class Invoicing:
         if finalized is not None:
             return InvoiceView(finalized.invoice, InvoiceStatus.FINALIZED, finalized.content_sha256)
         usage = await self._usage(conn, plan, head)
-        invoice = plan.price(usage)
+        invoice = await settle_invoice(conn, plan, plan.price(usage))
         return InvoiceView(invoice, InvoiceStatus.DRAFT, content_sha256(invoice))
 
     async def _usage(self, conn: Conn, plan: InvoicePlan, head: int) -> dict[UsageKey, Tally]:
@@ -278,10 +341,12 @@ class Invoicing:
 
 async def _locate(
     conn: Conn, invoice_id: str, customer_id: str, at: datetime | None, head: int
-) -> tuple[CustomerState, str, int]:
+) -> tuple[CustomerState, InvoiceRef]:
     if invoice_id:
-        customer_id, contract_id, number = await customer_of_invoice(conn, invoice_id, head)
-        return await load_customer(conn, customer_id, head), contract_id, number
+        customer_id, _, _ = await customer_of_invoice(conn, invoice_id, head)
+        ref = parse_invoice_ref(invoice_id)
+        assert ref is not None
+        return await load_customer(conn, customer_id, head), ref
     if not customer_id or at is None:
         missing = [name for name, value in (("customer_id", customer_id), ("at", at)) if not value]
         raise DomainError(
@@ -294,7 +359,8 @@ async def _locate(
     found = period_number_at(contract, at) if contract is not None else None
     if contract is None or found is None:
         raise DomainError(Rule.INVOICE_NOT_FOUND, f"{customer_id} has no contract in force at {at}")
-    return customer, contract.contract_id, found
+    revision = customer.current_revision(contract.contract_id, found)
+    return customer, InvoiceRef(contract.contract_id, found, revision)
 
 
 def _hypothetical(items: Sequence[UsageInput]) -> list[UsageRecorded]:

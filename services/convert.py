@@ -314,6 +314,8 @@ def _line_message(line: InvoiceLine, currency: str) -> invoices_pb2.InvoiceLine:
             for t in line.tiers
         ],
         override_id=line.override_id,
+        kind=line.kind.value,
+        adjusts_invoice_id=line.adjusts_invoice_id,
     )
 
 
@@ -341,6 +343,11 @@ def invoice_message(invoice: Invoice, status: str, sha256: str) -> invoices_pb2.
             )
             for u in invoice.unbilled
         ],
+        credits=[
+            invoices_pb2.CreditApplied(grant_id=c.grant_id, amount=money(c.amount, currency))
+            for c in invoice.credits
+        ],
+        replaces_invoice_id=invoice.replaces_invoice_id,
     )
 
 

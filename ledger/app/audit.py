@@ -30,7 +30,7 @@ from ledger.app.streams import (
 from ledger.core.billing import (
     CustomerState,
     contract_period,
-    invoice_id,
+    current_invoice_id,
     period_number_at,
 )
 from ledger.core.catalog import Contract, RateCardVersion
@@ -152,7 +152,7 @@ async def _simulated_row(
     head: int,
     pricing: RateCardVersion,
 ) -> SimulationRow:
-    ref = invoice_id(contract.contract_id, number)
+    ref = current_invoice_id(customer, contract.contract_id, number)
     finalized = customer.finalized.get(ref)
     position = finalized.invoice.computed_through_seq if finalized else head
     current = finalized.invoice if finalized else await replay_invoice(conn, ref, head)
@@ -178,7 +178,7 @@ async def _replayed(
     through: int,
     pricing: RateCardVersion | None,
 ) -> ReplayedInvoice:
-    ref = invoice_id(contract.contract_id, number)
+    ref = current_invoice_id(customer, contract.contract_id, number)
     finalized = customer.finalized.get(ref)
     position = finalized.invoice.computed_through_seq if finalized else through
     invoice = await replay_invoice(conn, ref, position, pricing=pricing)

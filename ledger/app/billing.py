@@ -8,7 +8,7 @@ invoice's position sees exactly what finalization saw.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -25,10 +25,13 @@ from ledger.app.streams import (
 )
 from ledger.core.billing import (
     CustomerState,
+    InvoiceRef,
     contract_period,
     evolve,
     invoice_id,
     parse_invoice_id,
+    parse_invoice_ref,
+    period_number_at,
 )
 from ledger.core.catalog import Contract, RateCardVersion
 from ledger.core.errors import DomainError, Rule
@@ -39,11 +42,19 @@ from ledger.core.events import (
     RateCardPublished,
     UsageRecorded,
 )
-from ledger.core.invoice import Invoice
+from ledger.core.invoice import Invoice, InvoiceLine
 from ledger.core.metering import Sequenced, Tally, UsageKey, fold_usage, merge_tallies
 from ledger.core.periods import Period
 from ledger.core.rating import Catalog, Segment, pricing_segments, rate_invoice
-from ledger.store.event_store import iter_stream_between, read_streams
+from ledger.core.settlement import (
+    TrueUp,
+    adjustment_lines,
+    commit_ends_in,
+    eligible_spend,
+    settle,
+    true_up_lines,
+)
+from ledger.store.event_store import iter_stream_between, read_stream_recorded_after, read_streams
 from ledger.store.records import StoredEvent
 
 Conn = AsyncConnection[TupleRow]
@@ -79,6 +90,12 @@ class InvoicePlan:
     @property
     def segment_starts(self) -> list[datetime]:
         return [segment.period.start for segment in self.segments]
+
+    @property
+    def ref(self) -> InvoiceRef:
+        parsed = parse_invoice_ref(self.invoice_id)
+        assert parsed is not None
+        return parsed
 
 
 async def load_customer(conn: Conn, customer_id: str, through_seq: int) -> CustomerState:
@@ -201,7 +218,9 @@ async def replay_invoice(
     customer_id, contract_id, number = await customer_of_invoice(conn, ref, through_seq)
     customer = await load_customer(conn, customer_id, through_seq)
     plan = await plan_invoice(conn, customer, contract_id, number, through_seq, pricing=pricing)
-    return plan.price(await fold_period(conn, plan, (0, through_seq)))
+    return await settle_invoice(
+        conn, plan, plan.price(await fold_period(conn, plan, (0, through_seq)))
+    )
 
 
 async def fold_period(
@@ -224,3 +243,92 @@ def sequenced(rows: Iterable[StoredEvent]) -> Iterator[Sequenced]:
         event = row.domain_event()
         assert isinstance(event, UsageRecorded)
         yield Sequenced(row.seq, event)
+
+
+# Where a draft finds the business times of usage recorded after a ledger position
+# (the last finalization) for periods before its own: the ledger by default.
+LateUsageSource = Callable[["InvoicePlan", int], Awaitable[list[datetime]]]
+
+
+async def settle_invoice(
+    conn: Conn, plan: InvoicePlan, priced: Invoice, late: LateUsageSource | None = None
+) -> Invoice:
+    """A priced period made into a bill: late-usage adjustments, commit true-ups,
+    then credits drawn down (ledger/core/settlement.py has the rules)."""
+    _, decimals = plan.currency
+    extra = await late_adjustments(conn, plan, late or _late_in_ledger(conn))
+    with_adjustments = replace(priced, lines=(*priced.lines, *extra))
+    extra += true_up_lines(with_adjustments, _commits_ending(plan), decimals)
+    invoice = settle(priced, extra, plan.customer.balances, decimals)
+    if plan.ref.revision:
+        replaced = invoice_id(plan.ref.contract_id, plan.ref.number, plan.ref.revision - 1)
+        invoice = replace(invoice, replaces_invoice_id=replaced)
+    return invoice
+
+
+async def late_adjustments(
+    conn: Conn, plan: InvoicePlan, late: LateUsageSource
+) -> list[InvoiceLine]:
+    """Adjustment lines for usage recorded after earlier periods were finalized.
+
+    Only the contract's next open invoice (the period after its last finalized
+    one) carries them. Every earlier period was billed through the last
+    finalization's ledger position (finalizing is in period order, and each
+    finalization billed the adjustments before it), so each period with later
+    usage is re-rated now and its lines compared with its lines at that position.
+    """
+    last = plan.customer.last_finalized(plan.contract.contract_id)
+    if last is None or last[0] + 1 != plan.ref.number:
+        return []
+    billed_through = last[1].invoice.computed_through_seq
+    times = await late(plan, billed_through)
+    numbers = sorted({n for t in times if (n := period_number_at(plan.contract, t)) is not None})
+    adjustments: list[InvoiceLine] = []
+    for number in numbers:
+        earlier = await plan_invoice(
+            conn, plan.customer, plan.contract.contract_id, number, plan.through_seq
+        )
+        billed = earlier.price(await fold_period(conn, earlier, (0, billed_through)))
+        now = earlier.price(await fold_period(conn, earlier, (0, plan.through_seq)))
+        adjustments += adjustment_lines(billed, now, plan.currency[1])
+    return adjustments
+
+
+def _late_in_ledger(conn: Conn) -> LateUsageSource:
+    async def late(plan: InvoicePlan, after_seq: int) -> list[datetime]:
+        return await late_usage_times(conn, plan, (after_seq, plan.through_seq))
+
+    return late
+
+
+async def late_usage_times(conn: Conn, plan: InvoicePlan, seqs: tuple[int, int]) -> list[datetime]:
+    """Business times of the customer's usage before the plan's period, seq in ``seqs``."""
+    stream = usage_stream(plan.customer.customer_id)
+    occurred = (plan.contract.starts_at, plan.period.start)
+    return [
+        row.occurred_at for row in await read_stream_recorded_after(conn, stream, occurred, seqs)
+    ]
+
+
+def _commits_ending(plan: InvoicePlan) -> list[TrueUp]:
+    """Postpaid commits whose term ends in this period, with what earlier finalized
+    invoices (voided ones excepted) spent towards them."""
+    customer = plan.customer
+    currency, _ = plan.currency
+    earlier_lines = [
+        line
+        for ref, finalized in customer.finalized.items()
+        if ref not in customer.voided and _other_period(ref, plan.ref)
+        for line in finalized.invoice.lines
+    ]
+    return [
+        TrueUp(grant, eligible_spend(grant, earlier_lines))
+        for grant in customer.balances.grants.values()
+        if grant.currency == currency and commit_ends_in(grant, plan.period.start, plan.period.end)
+    ]
+
+
+def _other_period(ref: str, this: InvoiceRef) -> bool:
+    parsed = parse_invoice_ref(ref)
+    assert parsed is not None
+    return (parsed.contract_id, parsed.number) != (this.contract_id, this.number)

@@ -156,6 +156,11 @@ def invoice_id(contract_id: str, number: int, revision: int = 0) -> str:
     return f"{base}-r{revision}" if revision else base
 
 
+def current_invoice_id(state: CustomerState, contract_id: str, number: int) -> str:
+    """The id of the period's invoice as it stands (its latest revision)."""
+    return invoice_id(contract_id, number, state.current_revision(contract_id, number))
+
+
 @dataclass(frozen=True)
 class InvoiceRef:
     contract_id: str

@@ -89,6 +89,13 @@ class Invoice:
     replaces_invoice_id: str = added_field("")  # the voided invoice this one replaces
 
 
+def minor_unit_places(invoice: Invoice) -> int:
+    """The currency's decimal places: a subtotal is always kept at its minor unit."""
+    exponent = invoice.subtotal.as_tuple().exponent
+    assert isinstance(exponent, int)
+    return -exponent
+
+
 def canonical_invoice(invoice: Invoice) -> bytes:
     """The invoice's canonical JSON bytes."""
     return canonical_json(encode(invoice))

@@ -40,6 +40,16 @@ _STREAM_BETWEEN: Final = (
     " AND occurred_at >= %s AND occurred_at < %s AND seq > %s AND seq <= %s ORDER BY seq"
 )
 
+# The same, found by stream position: within a stream, versions grow with seq, so
+# the events after seq ``lo`` are those after the stream's last version at ``lo``.
+# Both scans walk only the events recorded since ``lo``, however long the history.
+_STREAM_RECORDED_AFTER: Final = (
+    f"SELECT {_COLUMNS} FROM events WHERE stream_id = %(stream)s"  # noqa: S608
+    " AND stream_version > coalesce((SELECT max(stream_version) FROM events"
+    " WHERE stream_id = %(stream)s AND seq <= %(lo)s), 0)"
+    " AND seq <= %(hi)s AND occurred_at >= %(start)s AND occurred_at < %(end)s ORDER BY seq"
+)
+
 Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
 
 _meter = metrics.get_meter("accrual.ledger")
@@ -292,6 +302,21 @@ async def read_stream_between(
 ) -> list[StoredEvent]:
     """A stream's events with business time in ``[lo, hi)`` and seq in ``(lo, hi]``."""
     cur = await conn.execute(_STREAM_BETWEEN, (stream_id, *occurred, *seqs))
+    return [stored_event(row) for row in await cur.fetchall()]
+
+
+async def read_stream_recorded_after(
+    conn: AsyncConnection[TupleRow],
+    stream_id: str,
+    occurred: tuple[datetime, datetime],
+    seqs: tuple[int, int],
+) -> list[StoredEvent]:
+    """Like :func:`read_stream_between`, for a long span of business time and a short
+    one of seqs (late usage since a finalization): cost follows the seqs, not the span."""
+    start, end = occurred
+    lo, hi = seqs
+    params = {"stream": stream_id, "lo": lo, "hi": hi, "start": start, "end": end}
+    cur = await conn.execute(_STREAM_RECORDED_AFTER, params)
     return [stored_event(row) for row in await cur.fetchall()]
 
 

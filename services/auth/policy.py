@@ -38,6 +38,7 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "/accrual.v1.InvoiceService/GetInvoice": _READERS,
     "/accrual.v1.InvoiceService/ListInvoices": _READERS,
     "/accrual.v1.InvoiceService/FinalizeInvoice": frozenset({"billing-operator"}),
+    "/accrual.v1.InvoiceService/VoidInvoice": frozenset({"billing-operator"}),
     # Writes nothing, but shows any customer's bill under any price.
     "/accrual.v1.InvoiceService/PreviewInvoice": _PRICING | {"billing-operator", "auditor"},
     "/accrual.v1.AuditService/ReplayCustomer": frozenset({"auditor"}),

@@ -41,6 +41,17 @@ class InvoiceServicer(invoices_pb2_grpc.InvoiceServiceServicer):
         return _message(await self._invoicing.finalize(request.invoice_id, ctx))
 
     @rpc
+    async def VoidInvoice(
+        self, request: invoices_pb2.VoidInvoiceRequest, context: grpc.aio.ServicerContext
+    ) -> invoices_pb2.VoidInvoiceResponse:
+        describe_call(invoice_id=request.invoice_id)
+        ctx = request_context(context, request_id=request.request_id)
+        voided, replacement_id = await self._invoicing.void(request.invoice_id, ctx)
+        return invoices_pb2.VoidInvoiceResponse(
+            voided=_message(voided), replacement_invoice_id=replacement_id
+        )
+
+    @rpc
     async def ListInvoices(
         self, request: invoices_pb2.ListInvoicesRequest, context: grpc.aio.ServicerContext
     ) -> invoices_pb2.ListInvoicesResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -81,9 +81,10 @@ def _serve_in_thread(
     ready: Future[int],
     stop: threading.Event,
     interceptors: Sequence[object] = (),
+    clock: Callable[[], datetime] | None = None,
 ) -> None:
     async def main() -> None:
-        async with running_app(settings, database_url) as app:
+        async with running_app(settings, database_url, **_clocked(clock)) as app:
             server = create_server(app, "127.0.0.1:0", interceptors)
             await server.start()
             ready.set_result(server.port)
@@ -105,15 +106,23 @@ def server(database_url: str) -> Iterator[RunningServer]:
     yield from serving(database_url)
 
 
+def _clocked(clock: Callable[[], datetime] | None) -> dict[str, Callable[[], datetime]]:
+    return {} if clock is None else {"clock": clock}
+
+
 def serving(
-    database_url: str, interceptors: Sequence[object] = (), settings: Settings | None = None
+    database_url: str,
+    interceptors: Sequence[object] = (),
+    settings: Settings | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> Iterator[RunningServer]:
-    """Run the service in a thread for the duration of a fixture."""
+    """Run the service in a thread for the duration of a fixture (on ``clock`` if given:
+    a test that walks through months of billing moves the server's time itself)."""
     ready: Future[int] = Future()
     stop = threading.Event()
     thread = threading.Thread(
         target=_serve_in_thread,
-        args=(database_url, settings or test_settings(), ready, stop, interceptors),
+        args=(database_url, settings or test_settings(), ready, stop, interceptors, clock),
         daemon=True,
     )
     thread.start()

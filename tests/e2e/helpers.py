@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -77,6 +78,22 @@ class Stubs:
             metadata=metadata,
         )
         return card
+
+
+class MovableClock:
+    """The server's clock; the test sets it as it walks through the year."""
+
+    def __init__(self, now: datetime) -> None:
+        self._now = now
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def set(self, now: datetime) -> None:
+        with self._lock:
+            self._now = now
 
 
 def stubs(server: RunningServer) -> Stubs:
