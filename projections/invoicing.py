@@ -21,7 +21,9 @@ from psycopg.rows import TupleRow
 
 from ledger.app.billing import (
     InvoicePlan,
+    LateUsageSource,
     customer_of_invoice,
+    late_usage_times,
     load_customer,
     plan_invoice,
     replay_invoice,
@@ -57,6 +59,7 @@ from ledger.store.event_store import (
 )
 from ledger.store.records import StoredEvent
 from projections.engine import checkpoint_of
+from projections.late_usage import LateUsage
 from projections.registry import live_version
 from projections.usage_rollups import BUCKET, UsageRollups, bucket_start
 
@@ -123,6 +126,7 @@ class Invoicing:
         *,
         store: PostgresEventStore,
         rollups: Callable[[int], UsageRollups],
+        late_usage: Callable[[int], LateUsage] = LateUsage,
         clock: Callable[[], datetime],
         finalize_grace: timedelta,
         catalog: CatalogCommands,
@@ -131,6 +135,7 @@ class Invoicing:
         self._pool = pool
         self._store = store
         self._rollups = rollups
+        self._late_usage = late_usage
         self._clock = clock
         self._grace = finalize_grace
 
@@ -296,8 +301,23 @@ class Invoicing:
         if finalized is not None:
             return InvoiceView(finalized.invoice, InvoiceStatus.FINALIZED, finalized.content_sha256)
         usage = await self._usage(conn, plan, head)
-        invoice = await settle_invoice(conn, plan, plan.price(usage))
+        invoice = await settle_invoice(conn, plan, plan.price(usage), self._late_times(conn))
         return InvoiceView(invoice, InvoiceStatus.DRAFT, content_sha256(invoice))
+
+    def _late_times(self, conn: Conn) -> LateUsageSource:
+        """Late usage from its projection, and from the ledger beyond its checkpoint."""
+
+        async def late(plan: InvoicePlan, after_seq: int) -> list[datetime]:
+            projection = self._late_usage(await live_version(conn, LateUsage.name))
+            checkpoint = await checkpoint_of(conn, projection.name, projection.version)
+            split = min(max(after_seq, checkpoint), plan.through_seq)
+            customer_id = plan.customer.customer_id
+            found = await projection.late_since(
+                conn, customer_id, plan.period.start, (after_seq, split)
+            )
+            return found + await late_usage_times(conn, plan, (split, plan.through_seq))
+
+        return late
 
     async def _usage(self, conn: Conn, plan: InvoicePlan, head: int) -> dict[UsageKey, Tally]:
         """The period's tallies: rollups where they exist, raw events everywhere else."""

@@ -26,6 +26,7 @@ from projections.audit_log import AuditLog
 from projections.auditing import Auditing
 from projections.engine import ProjectionFactory, ProjectionRunner
 from projections.invoicing import Invoicing
+from projections.late_usage import LateUsage
 from projections.usage_rollups import UsageRollups
 from services.auth.credentials import CredentialStore
 from services.config import DB_WAIT_S_DEFAULT, Settings
@@ -63,6 +64,7 @@ PROJECTOR_POOL_MAX: Final = 4
 PROJECTIONS: Final[dict[str, ProjectionFactory]] = {
     UsageRollups.name: UsageRollups,
     AuditLog.name: AuditLog,
+    LateUsage.name: LateUsage,
 }
 
 

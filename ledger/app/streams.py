@@ -35,6 +35,13 @@ def usage_stream(customer_id: str) -> str:
     return f"usage-{customer_id}"
 
 
+def usage_stream_customer(stream_id: str) -> str:
+    """The customer whose usage stream this is."""
+    prefix, _, customer_id = stream_id.partition("-")
+    assert prefix == "usage", stream_id
+    return customer_id
+
+
 def access_stream(principal: str) -> str:
     """Denied calls of one principal, for the audit trail."""
     return f"access-{principal}"

@@ -82,7 +82,8 @@ BEGIN
             AND c.relowner <> 'accrual_projector'::regrole
             AND (c.relname IN ('projection_checkpoints', 'projection_registry')
                 OR c.relname ~ '^(usage_(rollups|unbilled|rollup_metrics|distinct)_v\d+)$'
-                OR c.relname ~ '^audit_entries_v\d+$')
+                OR c.relname ~ '^audit_entries_v\d+$'
+                OR c.relname ~ '^late_usage_(finalized_until_)?v\d+$')
     LOOP
         EXECUTE format('GRANT SELECT ON %s TO accrual_service', relation);
         EXECUTE format('ALTER TABLE %s OWNER TO accrual_projector', relation);

@@ -12,6 +12,7 @@ import dataclasses
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from ledger.app.billing import replay_invoice
 from ledger.app.catalog import MetricInput, RateCardInput
@@ -19,7 +20,7 @@ from ledger.app.context import RequestContext
 from ledger.app.customers import ContractInput
 from ledger.app.usage import UsageInput, UsageStatus
 from ledger.core.catalog import Product
-from ledger.core.invoice import canonical_invoice
+from ledger.core.invoice import InvoiceLine, LineKind, canonical_invoice
 from ledger.core.rate_specs import RateSpec, TierSpec
 from services.bootstrap import App, running_app
 from services.config import Settings
@@ -108,38 +109,40 @@ async def assert_drafts_equal_replays(app: App) -> int:
     return checked
 
 
+async def set_up_world(app: App, rng: random.Random) -> None:
+    """Four metrics of every kind, two price versions, a contract and 300 events."""
+    await app.catalog.create_metric(
+        MetricInput("tokens", "Tokens", "completion", "SUM", "tokens", group_by=["model"]),
+        CTX,
+    )
+    await app.catalog.create_product(Product("llm", "LLM", "tokens"), CTX)
+    await app.customers.create_customer("acme", "Acme", CTX)
+    first = usage_events(rng, 300, 0)
+    results = await app.record_usage(first, CTX)
+    assert all(r.status is UsageStatus.ACCEPTED for r in results)
+
+    # The calls metric arrives after usage it measures: rollups must back-fill it.
+    await app.catalog.create_metric(
+        MetricInput("calls", "Calls", "api_call", "COUNT", "", group_by=["region"]), CTX
+    )
+    await app.catalog.create_product(Product("api", "API", "calls"), CTX)
+    await app.catalog.create_metric(
+        MetricInput("users", "Users", "api_call", "UNIQUE", "user", group_by=["region"]), CTX
+    )
+    await app.catalog.create_product(Product("users", "Active users", "users"), CTX)
+    await app.catalog.create_metric(MetricInput("level", "Level", "gauge", "LATEST", "level"), CTX)
+    await app.catalog.create_product(Product("level", "Level", "level"), CTX)
+    await price_list(app, [(START - timedelta(days=9), "0.000002", "0.01")])
+    await price_list(app, [(PRICE_CHANGE, "0.0000025", "0.012")])
+    await app.customers.create_contract(
+        ContractInput("acme-1", "acme", "list", None, START, None, None), CTX
+    )
+
+
 def test_drafts_from_rollups_equal_replays_at_every_stage(database_url: str) -> None:
     async def body(app: App) -> None:
         rng = random.Random(20261123)
-        await app.catalog.create_metric(
-            MetricInput("tokens", "Tokens", "completion", "SUM", "tokens", group_by=["model"]),
-            CTX,
-        )
-        await app.catalog.create_product(Product("llm", "LLM", "tokens"), CTX)
-        await app.customers.create_customer("acme", "Acme", CTX)
-        first = usage_events(rng, 300, 0)
-        results = await app.record_usage(first, CTX)
-        assert all(r.status is UsageStatus.ACCEPTED for r in results)
-
-        # The calls metric arrives after usage it measures: rollups must back-fill it.
-        await app.catalog.create_metric(
-            MetricInput("calls", "Calls", "api_call", "COUNT", "", group_by=["region"]), CTX
-        )
-        await app.catalog.create_product(Product("api", "API", "calls"), CTX)
-        await app.catalog.create_metric(
-            MetricInput("users", "Users", "api_call", "UNIQUE", "user", group_by=["region"]), CTX
-        )
-        await app.catalog.create_product(Product("users", "Active users", "users"), CTX)
-        await app.catalog.create_metric(
-            MetricInput("level", "Level", "gauge", "LATEST", "level"), CTX
-        )
-        await app.catalog.create_product(Product("level", "Level", "level"), CTX)
-        await price_list(app, [(START - timedelta(days=9), "0.000002", "0.01")])
-        await price_list(app, [(PRICE_CHANGE, "0.0000025", "0.012")])
-        await app.customers.create_contract(
-            ContractInput("acme-1", "acme", "list", None, START, None, None), CTX
-        )
-
+        await set_up_world(app, rng)
         assert await assert_drafts_equal_replays(app) == 2  # nothing rolled up yet
         await app.runner.run_batch(
             app.runner.projection("usage_rollups", 1), limit=150
@@ -149,5 +152,45 @@ def test_drafts_from_rollups_equal_replays_at_every_stage(database_url: str) -> 
         assert await assert_drafts_equal_replays(app) == 2  # everything rolled up
         await app.record_usage(usage_events(rng, 200, 300), CTX)
         assert await assert_drafts_equal_replays(app) == 2  # a raw tail again
+
+    run(database_url, body)
+
+
+def test_late_usage_adjustments_equal_replays_at_every_stage(database_url: str) -> None:
+    """Usage for a finalized period, found through the late-usage projection or the
+    ledger beyond its checkpoint, bills the same adjustments as a replay."""
+
+    async def body(app: App) -> None:
+        rng = random.Random(20261124)
+        await set_up_world(app, rng)
+        first = await app.invoicing.get(customer_id="acme", at=START + timedelta(days=5))
+        await app.invoicing.finalize(first.invoice.invoice_id, CTX)
+        late_at = PERIOD_2 - timedelta(days=3)
+        late = [
+            UsageInput(f"late{n}", "acme", "completion", late_at, {"tokens": "1000"})
+            for n in range(3)
+        ]
+        assert all(r.status is UsageStatus.ACCEPTED for r in await app.record_usage(late, CTX))
+
+        async def adjustments() -> list[InvoiceLine]:
+            draft = await app.invoicing.get(customer_id="acme", at=NOW - timedelta(hours=1))
+            async with app.pool.connection() as conn:
+                replayed = await replay_invoice(
+                    conn, draft.invoice.invoice_id, draft.invoice.computed_through_seq
+                )
+            assert canonical_invoice(draft.invoice) == canonical_invoice(replayed)
+            return [line for line in draft.invoice.lines if line.kind is LineKind.ADJUSTMENT]
+
+        [before] = await adjustments()  # nothing projected yet: all from the ledger
+        assert (before.product_id, before.quantity) == ("llm", Decimal(3000))
+        assert before.adjusts_invoice_id == first.invoice.invoice_id
+        await app.runner.run_batch(app.runner.projection("late_usage", 1), limit=400)
+        assert await adjustments() == [before]  # part projected
+        await app.runner.catch_up()
+        assert await adjustments() == [before]  # all projected
+        more = UsageInput("late-more", "acme", "completion", late_at, {"tokens": "500"})
+        await app.record_usage([more], CTX)
+        [after] = await adjustments()  # the projection and a raw tail
+        assert after.quantity == Decimal(3500)
 
     run(database_url, body)

@@ -6,7 +6,7 @@ from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from services.bootstrap import App
+from services.bootstrap import PROJECTIONS, App
 from tests.integration.test_projection_ops import run_app, seed
 
 READER = InMemoryMetricReader()
@@ -28,7 +28,7 @@ def points(name: str) -> list[tuple[dict[str, object], float]]:
 
 def applied() -> dict[object, float]:
     """Events applied so far per projection (cumulative over this test process)."""
-    totals: dict[object, float] = {"usage_rollups": 0, "audit_log": 0}
+    totals: dict[object, float] = dict.fromkeys(PROJECTIONS, 0)
     for attrs, value in points("accrual.projection.events"):
         totals[attrs["projection"]] += value
     return totals
@@ -42,10 +42,7 @@ def test_applied_events_and_lag_are_exported(database_url: str) -> None:
     before = applied()
     run_app(database_url, body)
     after = applied()
-    # 2 metrics, 3 customers and 1,500 usage events: every one reaches both projections.
-    assert {name: after[name] - before[name] for name in after} == {
-        "usage_rollups": 1_505,
-        "audit_log": 1_505,
-    }
+    # 2 metrics, 3 customers and 1,500 usage events: every one reaches every projection.
+    assert {name: after[name] - before[name] for name in after} == dict.fromkeys(PROJECTIONS, 1_505)
     lags = {attrs["projection"]: value for attrs, value in points("accrual.projection.lag")}
-    assert lags == {"usage_rollups": 0, "audit_log": 0}
+    assert lags == dict.fromkeys(PROJECTIONS, 0)
