@@ -54,6 +54,7 @@ test-all: lint ## Every test, slow suites included
 bench: install ## Benchmarks on their own database (ACCRUAL_BENCH_EVENTS, default 1,000,000)
 	$(BIN)/python tests/bench/bench_rebuild.py
 	$(BIN)/python tests/bench/bench_ingest.py
+	$(BIN)/python tests/bench/bench_entitlements.py
 
 clean: ## Remove the virtualenv, generated code and caches (not .accrual/ data)
 	rm -rf $(VENV) services/api .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -15,6 +15,7 @@ from typing import Final
 
 from psycopg_pool import AsyncConnectionPool
 
+from ledger.app.balances import BalanceCommands
 from ledger.app.catalog import CatalogCommands, MetricRegistry
 from ledger.app.customers import CustomerCommands
 from ledger.app.security import AccessAudit
@@ -24,7 +25,9 @@ from ledger.store.event_store import Pool, PostgresEventStore
 from ledger.store.group_commit import GroupCommitter
 from projections.audit_log import AuditLog
 from projections.auditing import Auditing
+from projections.balances import BalanceProjection, Balances
 from projections.engine import ProjectionFactory, ProjectionRunner
+from projections.entitlements import EntitlementProjection, Entitlements
 from projections.invoicing import Invoicing
 from projections.late_usage import LateUsage
 from projections.usage_rollups import UsageRollups
@@ -54,6 +57,9 @@ class App:
     committer: GroupCommitter
     credentials: CredentialStore
     access_audit: AccessAudit
+    grants: BalanceCommands
+    balances: Balances
+    entitlements: Entitlements
 
 
 # The projection runner holds two connections (its leases, its listener) and
@@ -65,6 +71,8 @@ PROJECTIONS: Final[dict[str, ProjectionFactory]] = {
     UsageRollups.name: UsageRollups,
     AuditLog.name: AuditLog,
     LateUsage.name: LateUsage,
+    BalanceProjection.name: BalanceProjection,
+    EntitlementProjection.name: EntitlementProjection,
 }
 
 
@@ -105,6 +113,9 @@ def wire(
         committer=committer,
         credentials=CredentialStore(pool, cache_s=settings.credential_cache_s),
         access_audit=AccessAudit(store, clock),
+        grants=BalanceCommands(store, clock),
+        balances=Balances(pool, store=store, projection=BalanceProjection),
+        entitlements=Entitlements(pool, store=store, clock=clock, projection=EntitlementProjection),
     )
 
 

@@ -9,6 +9,7 @@ from decimal import Decimal
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ledger.app.audit import SimulationRow
+from ledger.app.balances import GrantInput
 from ledger.app.catalog import RateCardInput
 from ledger.app.customers import AmendmentInput, OverrideSpec
 from ledger.app.usage import UsageInput
@@ -23,6 +24,7 @@ from ledger.core.catalog import (
     RateCardVersion,
     RateModel,
 )
+from ledger.core.credits import Grant
 from ledger.core.errors import DomainError, invalid
 from ledger.core.invoice import Invoice, InvoiceLine
 from ledger.core.pricing_drafts import RateCardDraft
@@ -31,8 +33,11 @@ from ledger.core.rate_specs import RateSpec, TierSpec
 from ledger.store.records import StoredEvent
 from ledger.store.verify import VerifyReport
 from projections.audit_log import AuditEntry
+from projections.balances import EntryView, GrantView
+from projections.entitlements import Entitlement
 from services.api.accrual.v1 import (
     audit_pb2,
+    balances_pb2,
     catalog_pb2,
     common_pb2,
     contracts_pb2,
@@ -426,4 +431,70 @@ def simulation_row_message(row: SimulationRow) -> audit_pb2.SimulationRow:
         current_total=money(row.current_total, row.currency),
         simulated_total=money(row.simulated_total, row.currency),
         delta=money(row.delta, row.currency),
+    )
+
+
+def grant_input(request: balances_pb2.GrantCreditRequest) -> GrantInput:
+    return GrantInput(
+        grant_id=request.grant_id,
+        customer_id=request.customer_id,
+        kind=request.kind,
+        amount=request.amount,
+        currency=request.currency,
+        starts_at=optional_datetime(request, "starts_at"),
+        expires_at=optional_datetime(request, "expires_at"),
+        product_ids=list(request.product_ids),
+        priority=request.priority,
+        rollover_fraction=request.rollover_fraction,
+        hard_limit=request.hard_limit,
+    )
+
+
+def grant_message(grant: Grant, seq: int = 0) -> balances_pb2.Grant:
+    message = balances_pb2.Grant(
+        customer_id=grant.customer_id,
+        grant_id=grant.grant_id,
+        kind=grant.kind.value,
+        amount=format_decimal(grant.amount),
+        currency=grant.currency,
+        starts_at=timestamp(grant.starts_at),
+        product_ids=list(grant.products),
+        priority=grant.priority,
+        rollover_fraction=format_decimal(grant.rollover_fraction),
+        hard_limit=grant.hard_limit,
+        rolled_over_from=grant.rolled_over_from,
+        consistency_token=seq,
+    )
+    if grant.expires_at is not None:
+        message.expires_at.CopyFrom(timestamp(grant.expires_at))
+    return message
+
+
+def _balance_entry_message(entry: EntryView) -> balances_pb2.BalanceEntry:
+    return balances_pb2.BalanceEntry(
+        seq=entry.seq,
+        kind=entry.kind.value,
+        amount=format_decimal(entry.amount),
+        at=timestamp(entry.at),
+        invoice_id=entry.invoice_id,
+    )
+
+
+def grant_balance_message(view: GrantView) -> balances_pb2.GrantBalance:
+    return balances_pb2.GrantBalance(
+        grant=grant_message(view.grant),
+        remaining=format_decimal(view.remaining),
+        entries=[_balance_entry_message(entry) for entry in view.entries],
+    )
+
+
+def entitlement_message(entitlement: Entitlement) -> balances_pb2.CheckEntitlementResponse:
+    remaining = entitlement.hard_limit_remaining
+    return balances_pb2.CheckEntitlementResponse(
+        allowed=entitlement.allowed,
+        reason=entitlement.refusal.value if entitlement.refusal is not None else "",
+        explanation=entitlement.explanation,
+        hard_limited=remaining is not None,
+        hard_limit_remaining=decimal_text(remaining),
+        currency=entitlement.currency,
     )

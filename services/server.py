@@ -18,6 +18,8 @@ from ledger.app.context import RequestContext
 from services.api.accrual.v1 import (
     audit_pb2,
     audit_pb2_grpc,
+    balances_pb2,
+    balances_pb2_grpc,
     catalog_pb2,
     catalog_pb2_grpc,
     contracts_pb2,
@@ -37,6 +39,7 @@ from services.errors import DecodeRequests
 from services.health import HealthMonitor
 from services.request import trace_ids
 from services.servicers.audit import AuditServicer
+from services.servicers.balances import BalanceServicer
 from services.servicers.catalog import CatalogServicer
 from services.servicers.contracts import ContractServicer
 from services.servicers.invoices import InvoiceServicer
@@ -54,6 +57,7 @@ SERVICE_NAMES: Final = (
     catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
     contracts_pb2.DESCRIPTOR.services_by_name["ContractService"].full_name,
     invoices_pb2.DESCRIPTOR.services_by_name["InvoiceService"].full_name,
+    balances_pb2.DESCRIPTOR.services_by_name["BalanceService"].full_name,
 )
 
 _log = structlog.get_logger("accrual.server")
@@ -102,6 +106,9 @@ def create_server(app: App, address: str, interceptors: Sequence[object] = ()) -
     )
     invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceServicer(app.invoicing), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(app.auditing), server)
+    balances_pb2_grpc.add_BalanceServiceServicer_to_server(
+        BalanceServicer(app.grants, app.balances, app.entitlements), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

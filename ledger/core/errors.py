@@ -62,6 +62,8 @@ class Rule(Enum):
     NOT_CAUGHT_UP = ("read_model_not_caught_up", Kind.UNAVAILABLE)
     INGEST_QUEUE_FULL = ("ingest_queue_full", Kind.EXHAUSTED)
     SHUTTING_DOWN = ("shutting_down", Kind.UNAVAILABLE)
+    GRANT_EXISTS = ("grant_exists", Kind.EXISTS)
+    CONTRACT_REQUIRED = ("customer_has_no_contract", Kind.PRECONDITION)
 
     def __init__(self, code: str, kind: Kind) -> None:
         self.code = code

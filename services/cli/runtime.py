@@ -83,7 +83,9 @@ BEGIN
             AND (c.relname IN ('projection_checkpoints', 'projection_registry')
                 OR c.relname ~ '^(usage_(rollups|unbilled|rollup_metrics|distinct)_v\d+)$'
                 OR c.relname ~ '^audit_entries_v\d+$'
-                OR c.relname ~ '^late_usage_(finalized_until_)?v\d+$')
+                OR c.relname ~ '^late_usage_(finalized_until_)?v\d+$'
+                OR c.relname ~ '^balance_(grants|entries)_v\d+$'
+                OR c.relname ~ '^entitlement_(contracts|plans|cards|grants)_v\d+$')
     LOOP
         EXECUTE format('GRANT SELECT ON %s TO accrual_service', relation);
         EXECUTE format('ALTER TABLE %s OWNER TO accrual_projector', relation);

@@ -50,6 +50,12 @@ PROJECTION_TABLES = {
     "audit_entries_v1",
     "late_usage_v1",
     "late_usage_finalized_until_v1",
+    "balance_grants_v1",
+    "balance_entries_v1",
+    "entitlement_contracts_v1",
+    "entitlement_plans_v1",
+    "entitlement_cards_v1",
+    "entitlement_grants_v1",
 }
 
 
