@@ -17,7 +17,8 @@ from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import TupleRow
 
 from ledger.app.streams import customer_stream
-from ledger.core.canonical import format_instant
+from ledger.core.alerts import AlertKind
+from ledger.core.canonical import format_decimal, format_instant
 from ledger.core.contracts import Amendment
 from ledger.core.events import (
     AccessDenied,
@@ -38,6 +39,8 @@ from ledger.core.events import (
     RateCardDrafted,
     RateCardDraftPublished,
     RateCardPublished,
+    SpendAlertSet,
+    SpendAlertTriggered,
     UsageRecorded,
 )
 from ledger.store.records import StoredEvent
@@ -280,6 +283,22 @@ def _metric(event: BillableMetricCreated) -> tuple[str, str, str]:
     return "", m.metric_id, f"created metric {m.aggregation.value} of {m.event_type}"
 
 
+def _alert_set(event: SpendAlertSet) -> tuple[str, str, str]:
+    a = event.alert
+    watched = "period spend reaches" if a.kind is AlertKind.PERIOD_SPEND else "balance falls to"
+    threshold = f"{format_decimal(a.threshold)} {a.currency}"
+    return a.customer_id, a.alert_id, f"set alert {a.alert_id}: when {watched} {threshold}"
+
+
+def _alert_triggered(event: SpendAlertTriggered) -> tuple[str, str, str]:
+    e = event
+    summary = (
+        f"alert {e.alert_id} crossed ({e.crossing_key}): {format_decimal(e.value)}"
+        f" against threshold {format_decimal(e.threshold)}"
+    )
+    return e.customer_id, e.alert_id, summary
+
+
 _DESCRIBERS: Final[dict[type[DomainEvent], Callable[[Any], tuple[str, str, str]]]] = {
     CustomerCreated: _customer,
     ContractCreated: _contract,
@@ -296,4 +315,6 @@ _DESCRIBERS: Final[dict[type[DomainEvent], Callable[[Any], tuple[str, str, str]]
     RateCardDraftApproved: _approved,
     ProductCreated: _product,
     BillableMetricCreated: _metric,
+    SpendAlertSet: _alert_set,
+    SpendAlertTriggered: _alert_triggered,
 }

@@ -15,6 +15,7 @@ from typing import Final
 
 from psycopg_pool import AsyncConnectionPool
 
+from ledger.app.alerts import SpendAlerts
 from ledger.app.balances import BalanceCommands
 from ledger.app.catalog import CatalogCommands, MetricRegistry
 from ledger.app.customers import CustomerCommands
@@ -31,6 +32,7 @@ from projections.entitlements import EntitlementProjection, Entitlements
 from projections.invoicing import Invoicing
 from projections.late_usage import LateUsage
 from projections.usage_rollups import UsageRollups
+from services.alerting import AlertFollower, current_spend
 from services.auth.credentials import CredentialStore
 from services.config import DB_WAIT_S_DEFAULT, Settings
 
@@ -57,6 +59,8 @@ class App:
     committer: GroupCommitter
     credentials: CredentialStore
     access_audit: AccessAudit
+    alerts: SpendAlerts
+    alerting: AlertFollower  # started and stopped with the gRPC server
     grants: BalanceCommands
     balances: Balances
     entitlements: Entitlements
@@ -96,6 +100,7 @@ def wire(
         finalize_grace=settings.finalize_grace,
         catalog=catalog,
     )
+    alerts = SpendAlerts(pool, store, clock, current_spend(invoicing))
     return App(
         settings=settings,
         pool=pool,
@@ -113,6 +118,8 @@ def wire(
         committer=committer,
         credentials=CredentialStore(pool, cache_s=settings.credential_cache_s),
         access_audit=AccessAudit(store, clock),
+        alerts=alerts,
+        alerting=AlertFollower(store, alerts),
         grants=BalanceCommands(store, clock),
         balances=Balances(pool, store=store, projection=BalanceProjection),
         entitlements=Entitlements(pool, store=store, clock=clock, projection=EntitlementProjection),

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ledger.app.alerts import AlertInput, AlertView, FiredCrossing
 from ledger.app.audit import SimulationRow
 from ledger.app.balances import GrantInput
 from ledger.app.catalog import RateCardInput
@@ -36,6 +37,7 @@ from projections.audit_log import AuditEntry
 from projections.balances import EntryView, GrantView
 from projections.entitlements import Entitlement
 from services.api.accrual.v1 import (
+    alerts_pb2,
     audit_pb2,
     balances_pb2,
     catalog_pb2,
@@ -497,4 +499,40 @@ def entitlement_message(entitlement: Entitlement) -> balances_pb2.CheckEntitleme
         hard_limited=remaining is not None,
         hard_limit_remaining=decimal_text(remaining),
         currency=entitlement.currency,
+    )
+
+
+def alert_input(request: alerts_pb2.SetSpendAlertRequest) -> AlertInput:
+    return AlertInput(
+        alert_id=request.alert_id,
+        customer_id=request.customer_id,
+        kind=request.kind,
+        threshold=request.threshold,
+        currency=request.currency,
+    )
+
+
+def spend_alert_message(view: AlertView, seq: int = 0) -> alerts_pb2.SpendAlert:
+    alert = view.alert
+    return alerts_pb2.SpendAlert(
+        alert_id=alert.alert_id,
+        customer_id=alert.customer_id,
+        kind=alert.kind.value,
+        threshold=format_decimal(alert.threshold),
+        currency=alert.currency,
+        set_at=timestamp(view.set_at),
+        crossings=[_crossing_message(crossing) for crossing in view.crossings],
+        consistency_token=seq,
+    )
+
+
+def _crossing_message(crossing: FiredCrossing) -> alerts_pb2.AlertCrossing:
+    event = crossing.event
+    return alerts_pb2.AlertCrossing(
+        crossing_key=event.crossing_key,
+        value=format_decimal(event.value),
+        threshold=format_decimal(event.threshold),
+        at=timestamp(event.at),
+        through_seq=event.through_seq,
+        seq=crossing.seq,
     )

@@ -15,7 +15,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ledger.app.context import RequestContext
+from services.alerting import AlertFollower
 from services.api.accrual.v1 import (
+    alerts_pb2,
+    alerts_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
     balances_pb2,
@@ -38,6 +41,7 @@ from services.config import TlsFiles
 from services.errors import DecodeRequests
 from services.health import HealthMonitor
 from services.request import trace_ids
+from services.servicers.alerts import AlertServicer
 from services.servicers.audit import AuditServicer
 from services.servicers.balances import BalanceServicer
 from services.servicers.catalog import CatalogServicer
@@ -57,6 +61,7 @@ SERVICE_NAMES: Final = (
     catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
     contracts_pb2.DESCRIPTOR.services_by_name["ContractService"].full_name,
     invoices_pb2.DESCRIPTOR.services_by_name["InvoiceService"].full_name,
+    alerts_pb2.DESCRIPTOR.services_by_name["AlertService"].full_name,
     balances_pb2.DESCRIPTOR.services_by_name["BalanceService"].full_name,
 )
 
@@ -70,16 +75,23 @@ class Server:
     grpc_server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
+    # The alert watch runs while the server serves: in every server process, never
+    # in one-off commands or the projector (whose database role may not append).
+    alerting: AlertFollower | None = None
 
     async def start(self) -> None:
         await self.grpc_server.start()
         for name in ("", *SERVICE_NAMES, LIVENESS):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.alerting is not None:
+            self.alerting.start()
 
     async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         """Refuse new calls, let in-flight ones finish within the grace period."""
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace_s)
+        if self.alerting is not None:
+            await self.alerting.stop()
 
 
 def create_server(app: App, address: str, interceptors: Sequence[object] = ()) -> Server:
@@ -106,6 +118,7 @@ def create_server(app: App, address: str, interceptors: Sequence[object] = ()) -
     )
     invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceServicer(app.invoicing), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(app.auditing), server)
+    alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertServicer(app.alerts), server)
     balances_pb2_grpc.add_BalanceServiceServicer_to_server(
         BalanceServicer(app.grants, app.balances, app.entitlements), server
     )
@@ -117,7 +130,7 @@ def create_server(app: App, address: str, interceptors: Sequence[object] = ()) -
     port = _bind(server, address, app.settings.tls)
     if port == 0:
         raise OSError(f"could not bind {address}")
-    return Server(server, port, health_servicer)
+    return Server(server, port, health_servicer, alerting=app.alerting)
 
 
 def _bind(server: grpc.aio.Server, address: str, tls: TlsFiles | None) -> int:

@@ -45,3 +45,17 @@ def usage_stream_customer(stream_id: str) -> str:
 def access_stream(principal: str) -> str:
     """Denied calls of one principal, for the audit trail."""
     return f"access-{principal}"
+
+
+def alerts_stream(customer_id: str) -> str:
+    """The spend alerts set for a customer."""
+    return f"alerts-{customer_id}"
+
+
+def alert_crossing_stream(customer_id: str, alert_id: str, crossing_key: str) -> str:
+    """One crossing of one alert: created once, so it is recorded once.
+
+    ``/`` separates the parts because ids never contain it, while they may contain
+    ``-``: "a-b" + "1" and "a" + "b-1" must not name the same stream.
+    """
+    return f"alert-{customer_id}/{alert_id}/{crossing_key}"

@@ -64,6 +64,7 @@ class Rule(Enum):
     SHUTTING_DOWN = ("shutting_down", Kind.UNAVAILABLE)
     GRANT_EXISTS = ("grant_exists", Kind.EXISTS)
     CONTRACT_REQUIRED = ("customer_has_no_contract", Kind.PRECONDITION)
+    SPEND_ALERT_EXISTS = ("spend_alert_exists", Kind.EXISTS)
 
     def __init__(self, code: str, kind: Kind) -> None:
         self.code = code

@@ -13,6 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar, Final
 
+from ledger.core.alerts import SpendAlert
 from ledger.core.catalog import BillableMetric, Contract, Product, RateCardVersion
 from ledger.core.codec import decode, encode
 from ledger.core.contracts import Amendment
@@ -208,6 +209,35 @@ class AccessDenied(DomainEvent):
     reason: str
 
 
+@dataclass(frozen=True)
+class SpendAlertSet(DomainEvent):
+    """A customer asked to be alerted when its spend or balance crosses a threshold."""
+
+    EVENT_TYPE: ClassVar[str] = "SpendAlertSet"
+
+    alert: SpendAlert
+
+
+@dataclass(frozen=True)
+class SpendAlertTriggered(DomainEvent):
+    """An alert's threshold was crossed; stored alone on the crossing's own stream,
+    so however many evaluators see the crossing, it is recorded once.
+
+    ``value`` is the spend or balance seen at ``at``, computed through ledger
+    position ``through_seq`` (where watching for the next crossing resumes).
+    """
+
+    EVENT_TYPE: ClassVar[str] = "SpendAlertTriggered"
+
+    alert_id: str
+    customer_id: str
+    crossing_key: str
+    value: Decimal
+    threshold: Decimal
+    at: datetime
+    through_seq: int
+
+
 EVENT_CLASSES: Final[dict[str, type[DomainEvent]]] = {
     cls.EVENT_TYPE: cls
     for cls in (
@@ -229,6 +259,8 @@ EVENT_CLASSES: Final[dict[str, type[DomainEvent]]] = {
         CreditExpired,
         CreditReversed,
         AccessDenied,
+        SpendAlertSet,
+        SpendAlertTriggered,
     )
 }
 

@@ -46,6 +46,8 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "/accrual.v1.AuditService/VerifyLedger": frozenset({"auditor"}),
     "/accrual.v1.AuditService/ListAuditEntries": frozenset({"auditor"}),
     "/accrual.v1.AuditService/SimulatePricing": _PRICING | {"auditor"},
+    "/accrual.v1.AlertService/SetSpendAlert": frozenset({"billing-operator"}),
+    "/accrual.v1.AlertService/ListSpendAlerts": _READERS,
     "/accrual.v1.BalanceService/GrantCredit": frozenset({"billing-operator"}),
     "/accrual.v1.BalanceService/GetBalances": _READERS,
     # Ingest services ask before serving usage.

@@ -16,6 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from services.api.accrual.v1 import (
+    alerts_pb2,
+    alerts_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
     catalog_pb2,
@@ -362,3 +364,39 @@ def test_a_scoped_principal_reaches_only_its_customers_however_a_request_names_t
     refused: Any = outside.value
     assert refused.code() == DENIED
     assert "'x'" in refused.details()
+
+
+def test_a_scoped_principal_sets_and_reads_alerts_only_for_its_customers(
+    server: RunningServer,
+) -> None:
+    setup_world(server, name="mine")
+    setup_world(server, name="victim")
+    alerts = alerts_pb2_grpc.AlertServiceStub(server.channel)
+    operator = bearer(
+        issue(server.database_url, "mine-ops", "billing-operator", customers=["mine"])
+    )
+    reader = bearer(issue(server.database_url, "mine-reader", "reader", customers=["mine"]))
+
+    def setting(customer_id: str) -> alerts_pb2.SetSpendAlertRequest:
+        return alerts_pb2.SetSpendAlertRequest(
+            customer_id=customer_id,
+            alert_id="budget",
+            kind="period_spend",
+            threshold="100",
+            currency="USD",
+        )
+
+    assert alerts.SetSpendAlert(setting("mine"), metadata=operator).customer_id == "mine"
+    listed = alerts.ListSpendAlerts(
+        alerts_pb2.ListSpendAlertsRequest(customer_id="mine"), metadata=reader
+    )
+    assert [a.alert_id for a in listed.alerts] == ["budget"]
+    for rpc, request, metadata in (
+        (alerts.SetSpendAlert, setting("victim"), operator),
+        (alerts.SetSpendAlert, setting("mine"), reader),  # a reader never writes
+        (alerts.ListSpendAlerts, alerts_pb2.ListSpendAlertsRequest(customer_id="victim"), reader),
+    ):
+        with pytest.raises(grpc.RpcError) as raised:
+            rpc(request, metadata=metadata)
+        failed: Any = raised.value
+        assert failed.code() == DENIED, request

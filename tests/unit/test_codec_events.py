@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ledger.core import events as events_module
+from ledger.core.alerts import AlertKind, SpendAlert
 from ledger.core.canonical import canonical_json
 from ledger.core.catalog import (
     Aggregation,
@@ -49,6 +50,8 @@ from ledger.core.events import (
     RateCardDrafted,
     RateCardDraftPublished,
     RateCardPublished,
+    SpendAlertSet,
+    SpendAlertTriggered,
     UsageRecorded,
     from_payload,
     to_payload,
@@ -193,6 +196,18 @@ SAMPLES: dict[str, DomainEvent] = {
         CreditDrawnDown(grant_id="g-1", invoice_id="in-ct-1-1", amount=Decimal("1.50"), at=END),
         CreditExpired(grant_id="g-1", invoice_id="in-ct-1-1", amount=Decimal("2.00"), at=END),
         CreditReversed(grant_id="g-1", invoice_id="in-ct-1-1", amount=Decimal("-3.5"), at=END),
+        SpendAlertSet(
+            alert=SpendAlert("budget", "cus-1", AlertKind.PERIOD_SPEND, Decimal("250.00"), "USD")
+        ),
+        SpendAlertTriggered(
+            alert_id="budget",
+            customer_id="cus-1",
+            crossing_key="in-ct-1-1",
+            value=Decimal("250.01"),
+            threshold=Decimal("250.00"),
+            at=END,
+            through_seq=1234,
+        ),
     ]
 }
 
