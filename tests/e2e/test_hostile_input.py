@@ -39,8 +39,12 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from services.api.accrual.v1 import (
+    alerts_pb2,
+    alerts_pb2_grpc,
     audit_pb2,
     audit_pb2_grpc,
+    balances_pb2,
+    balances_pb2_grpc,
     catalog_pb2,
     catalog_pb2_grpc,
     contracts_pb2,
@@ -1333,6 +1337,75 @@ def test_get_contract(h: Hostile, customer_id: str, contract_id: str) -> None:
     call(h, h.api.contracts.GetContract, request, read_only=True)
 
 
+AMEND_FIELDS: Final = (
+    "customer_id",
+    "contract_id",
+    "effective_at",
+    "rate_card_id",
+    "pinned_version",
+    "add_overrides",
+    "end_override_ids",
+    "ends_at",
+    "reason",
+    "request_id",
+)
+# Never the known customer: its contract must stay as it was.
+amend_customers = st.one_of(st.sampled_from(ALL_CUSTOMERS), ids(*ALL_CUSTOMERS)).filter(
+    lambda c: c != KNOWN
+)
+
+
+@st.composite
+def amend_requests(draw: st.DrawFn) -> contracts_pb2.AmendContractRequest:
+    """Amendments of the fuzz contract (valid) or of hostile ones, never the known one."""
+    field = Fields(draw, AMEND_FIELDS)
+    request = contracts_pb2.AmendContractRequest(
+        customer_id=field("customer_id", st.just(FUZZ_NAME), amend_customers),
+        contract_id=field("contract_id", st.just(FUZZ_IDS["contract"]), ids(*ALL_CONTRACTS)),
+        rate_card_id=field("rate_card_id", st.sampled_from(("", *ALL_CARDS)), ids(*ALL_CARDS)),
+        add_overrides=field("add_overrides", valid_overrides(), bad_overrides()),
+        end_override_ids=field("end_override_ids", st.sampled_from(([], ["o1"])), bad_lists),
+        clear_ends_at=draw(st.booleans()),
+        reason=field("reason", st.just("fuzzing"), hostile_text),
+        request_id=field("request_id", st.one_of(st.just(""), new_ids), hostile_text),
+    )
+    pinned = field("pinned_version", st.sampled_from((None, 0, 1)), bad_int64s)
+    if pinned is not None:
+        request.pinned_version = pinned
+    set_time(request, "effective_at", field("effective_at", in_late_window, bad_times))
+    set_time(request, "ends_at", field("ends_at", st.one_of(st.none(), instants), bad_times))
+    return request
+
+
+@FUZZ
+@given(request=amend_requests())
+def test_amend_contract(h: Hostile, request: contracts_pb2.AmendContractRequest) -> None:
+    if not fits(request):
+        return
+    amended = call(h, h.api.contracts.AmendContract, request)
+    if amended is not None:
+        assert amended.customer_id == request.customer_id != KNOWN
+
+
+@FUZZ
+@given(
+    customer_id=st.one_of(st.just(FUZZ_NAME), amend_customers),
+    contract_id=st.one_of(st.sampled_from(ALL_CONTRACTS), ids(*ALL_CONTRACTS)),
+    ends_at=st.one_of(instants, bad_times),
+    request_id=st.one_of(st.just(""), new_ids, hostile_text),
+)
+def test_end_contract(
+    h: Hostile, customer_id: str, contract_id: str, ends_at: Timestamp | None, request_id: str
+) -> None:
+    request = contracts_pb2.EndContractRequest(
+        customer_id=customer_id, contract_id=contract_id, request_id=request_id
+    )
+    set_time(request, "ends_at", ends_at)
+    ended = call(h, h.api.contracts.EndContract, request)
+    if ended is not None:
+        assert ended.customer_id == customer_id != KNOWN
+
+
 # ---------------------------------------------------------------------------------------
 # InvoiceService
 
@@ -1534,6 +1607,172 @@ def test_decades_of_periods_answer_within_the_deadline(h: Hostile) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# BalanceService
+
+GRANT_FIELDS: Final = (
+    "customer_id",
+    "grant_id",
+    "kind",
+    "amount",
+    "currency",
+    "starts_at",
+    "expires_at",
+    "product_ids",
+    "priority",
+    "rollover_fraction",
+    "request_id",
+)
+# Never the known customer: its events must stay as they were.
+grant_customers = st.one_of(st.sampled_from(ALL_CUSTOMERS), ids(*ALL_CUSTOMERS)).filter(
+    lambda c: c != KNOWN
+)
+
+
+def balances_api(h: Hostile) -> balances_pb2_grpc.BalanceServiceStub:
+    return balances_pb2_grpc.BalanceServiceStub(h.server.channel)
+
+
+@st.composite
+def grant_requests(draw: st.DrawFn) -> balances_pb2.GrantCreditRequest:
+    field = Fields(draw, GRANT_FIELDS)
+    request = balances_pb2.GrantCreditRequest(
+        customer_id=field("customer_id", st.just(FUZZ_NAME), grant_customers),
+        grant_id=field("grant_id", st.one_of(st.just("g-1"), new_ids), hostile_text),
+        kind=field(
+            "kind",
+            st.sampled_from(("credit", "prepaid_commit", "postpaid_commit")),
+            st.one_of(st.sampled_from(("CREDIT", "")), hostile_text),
+        ),
+        amount=field("amount", positive_decimals, bad_decimals),
+        currency=field(
+            "currency", st.just("USD"), st.one_of(st.sampled_from(("EUR", "usd")), hostile_text)
+        ),
+        product_ids=field(
+            "product_ids", st.lists(st.sampled_from(ALL_PRODUCTS), max_size=3), bad_lists
+        ),
+        priority=field("priority", st.integers(-5, 5), bad_int32s),
+        rollover_fraction=field(
+            "rollover_fraction", st.sampled_from(("", "0", "0.5", "1")), bad_decimals
+        ),
+        hard_limit=draw(st.booleans()),
+        request_id=field("request_id", st.one_of(st.just(""), new_ids), hostile_text),
+    )
+    set_time(request, "starts_at", field("starts_at", instants, bad_times))
+    set_time(request, "expires_at", field("expires_at", st.one_of(st.none(), instants), bad_times))
+    return request
+
+
+@FUZZ
+@given(request=grant_requests())
+def test_grant_credit(h: Hostile, request: balances_pb2.GrantCreditRequest) -> None:
+    if not fits(request):
+        return
+    granted = call(h, balances_api(h).GrantCredit, request)
+    if granted is not None:
+        assert granted.customer_id == request.customer_id != KNOWN
+        assert Decimal(granted.amount) == Decimal(request.amount) > 0
+
+
+@FUZZ
+@given(
+    customer_id=st.one_of(st.sampled_from(ALL_CUSTOMERS), ids(*ALL_CUSTOMERS)),
+    currency=st.one_of(st.sampled_from(("", "USD", "EUR")), hostile_text),
+    page_size=st.one_of(st.integers(0, 5), bad_int32s),
+    page_token=st.one_of(st.just(""), bad_page_tokens),
+    token=st.one_of(st.integers(0, 5), bad_int64s),
+)
+def test_get_balances(
+    h: Hostile, customer_id: str, currency: str, page_size: int, page_token: str, token: int
+) -> None:
+    request = balances_pb2.GetBalancesRequest(
+        customer_id=customer_id,
+        currency=currency,
+        page_size=page_size,
+        page_token=page_token,
+        consistency_token=token,
+    )
+    reply = call(h, balances_api(h).GetBalances, request, read_only=True)
+    for balance in reply.balances if reply is not None else ():
+        assert Decimal(balance.remaining) == sum(Decimal(e.amount) for e in balance.entries)
+
+
+@FUZZ
+@given(
+    customer_id=st.one_of(st.sampled_from(ALL_CUSTOMERS), ids(*ALL_CUSTOMERS)),
+    product_id=st.one_of(st.sampled_from(ALL_PRODUCTS), ids(*ALL_PRODUCTS)),
+    at=st.one_of(st.none(), instants, bad_times),
+    token=st.one_of(st.integers(0, 5), bad_int64s),
+)
+@example(customer_id="fuzz\x00", product_id="llm-fuzz", at=None, token=0)
+def test_check_entitlement(
+    h: Hostile, customer_id: str, product_id: str, at: Timestamp | None, token: int
+) -> None:
+    request = balances_pb2.CheckEntitlementRequest(
+        customer_id=customer_id, product_id=product_id, consistency_token=token
+    )
+    set_time(request, "at", at)
+    reply = call(h, balances_api(h).CheckEntitlement, request, read_only=True)
+    if reply is not None:
+        assert reply.allowed == (reply.reason == "")
+
+
+# ---------------------------------------------------------------------------------------
+# AlertService
+
+# Alerts go to a customer of their own, without contract or grants: its alerts cross
+# when they are set, if at all, never later behind a read-only call's back.
+ALERT_CUSTOMER: Final = "fuzz-alerts"
+ALERT_FIELDS: Final = ("customer_id", "alert_id", "kind", "threshold", "currency", "request_id")
+
+
+def alert_api(h: Hostile) -> alerts_pb2_grpc.AlertServiceStub:
+    return alerts_pb2_grpc.AlertServiceStub(h.server.channel)
+
+
+def ensure_alert_customer(h: Hostile) -> None:
+    customer = contracts_pb2.Customer(customer_id=ALERT_CUSTOMER, name="Alerts")
+    request = contracts_pb2.CreateCustomerRequest(customer=customer, request_id="alert-customer")
+    h.api.contracts.CreateCustomer(request, timeout=DEADLINE_S)  # a retry after the first
+
+
+@st.composite
+def alert_requests(draw: st.DrawFn) -> alerts_pb2.SetSpendAlertRequest:
+    field = Fields(draw, ALERT_FIELDS)
+    return alerts_pb2.SetSpendAlertRequest(
+        customer_id=field("customer_id", st.just(ALERT_CUSTOMER), ids(ALERT_CUSTOMER)),
+        alert_id=field("alert_id", st.one_of(new_ids, st.just("budget")), hostile_text),
+        kind=field("kind", st.sampled_from(("period_spend", "remaining_balance")), hostile_text),
+        threshold=field("threshold", positive_decimals, bad_decimals),
+        currency=field("currency", st.sampled_from(("USD", "JPY", "credits")), hostile_text),
+        request_id=field("request_id", st.just(""), st.one_of(new_ids, hostile_text)),
+    )
+
+
+@FUZZ
+@given(request=alert_requests())
+@example(request=alerts_pb2.SetSpendAlertRequest(customer_id=ALERT_CUSTOMER, threshold="9" * 41))
+def test_set_spend_alert(h: Hostile, request: alerts_pb2.SetSpendAlertRequest) -> None:
+    ensure_alert_customer(h)
+    alert = call(h, alert_api(h).SetSpendAlert, request)
+    if alert is not None:
+        assert (alert.customer_id, alert.alert_id) == (ALERT_CUSTOMER, request.alert_id)
+        assert Decimal(alert.threshold) == Decimal(request.threshold)
+
+
+@FUZZ
+@given(
+    customer_id=st.one_of(
+        st.sampled_from((ALERT_CUSTOMER, *ALL_CUSTOMERS)), ids(ALERT_CUSTOMER, *ALL_CUSTOMERS)
+    )
+)
+@example(customer_id="fuzz\x00")
+@example(customer_id="x" * 10_000)
+def test_list_spend_alerts(h: Hostile, customer_id: str) -> None:
+    request = alerts_pb2.ListSpendAlertsRequest(customer_id=customer_id)
+    call(h, alert_api(h).ListSpendAlerts, request, read_only=True)
+
+
+# ---------------------------------------------------------------------------------------
 # Raw bytes on the wire: invalid UTF-8 in string fields, corrupt messages
 
 # (service, method, a valid request, the path of a string field to fill with raw bytes)
@@ -1584,6 +1823,18 @@ RAW_TARGETS: Final[tuple[tuple[str, str, Message, tuple[str, ...]], ...]] = (
         ("contract", "contract_id"),
     ),
     ("ContractService", "GetContract", contracts_pb2.GetContractRequest(), ("customer_id",)),
+    (
+        "ContractService",
+        "AmendContract",
+        contracts_pb2.AmendContractRequest(customer_id=FUZZ_NAME),
+        ("end_override_ids",),
+    ),
+    (
+        "ContractService",
+        "EndContract",
+        contracts_pb2.EndContractRequest(customer_id=FUZZ_NAME),
+        ("contract_id",),
+    ),
     ("InvoiceService", "GetInvoice", invoices_pb2.GetInvoiceRequest(), ("invoice_id",)),
     (
         "InvoiceService",
@@ -1601,6 +1852,33 @@ RAW_TARGETS: Final[tuple[tuple[str, str, Message, tuple[str, ...]], ...]] = (
         "SimulatePricing",
         audit_pb2.SimulatePricingRequest(version=1),
         ("rate_card_id",),
+    ),
+    (
+        "AlertService",
+        "SetSpendAlert",
+        alerts_pb2.SetSpendAlertRequest(
+            customer_id=ALERT_CUSTOMER, kind="remaining_balance", threshold="1", currency="USD"
+        ),
+        ("alert_id",),
+    ),
+    ("AlertService", "ListSpendAlerts", alerts_pb2.ListSpendAlertsRequest(), ("customer_id",)),
+    (
+        "BalanceService",
+        "GrantCredit",
+        balances_pb2.GrantCreditRequest(customer_id=FUZZ_NAME, amount="1", currency="USD"),
+        ("grant_id",),
+    ),
+    (
+        "BalanceService",
+        "GetBalances",
+        balances_pb2.GetBalancesRequest(customer_id=FUZZ_NAME),
+        ("currency",),
+    ),
+    (
+        "BalanceService",
+        "CheckEntitlement",
+        balances_pb2.CheckEntitlementRequest(customer_id=FUZZ_NAME),
+        ("product_id",),
     ),
 )
 STREAMING: Final = frozenset({"ReplayCustomer", "VerifyLedger"})
