@@ -8,7 +8,9 @@ keeps just the late events, so a draft asks for the few there are.
 An event is kept when its business time falls before the customer's
 "finalized until" instant (the latest end of a period finalized so far) at the
 moment it is applied. Projections apply in ledger order, so any usage recorded
-after a finalization is checked against it. The rows are a superset of what a
+after a finalization is checked against it; usage recorded between the
+position an invoice was computed through and its finalization is looked up in
+the ledger when the finalization is applied. The rows are a superset of what a
 draft needs (a void can reopen a period): the reader filters by time and seq.
 """
 
@@ -20,8 +22,10 @@ from datetime import datetime
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import TupleRow
 
-from ledger.app.streams import usage_stream_customer
+from ledger.app.streams import usage_stream, usage_stream_customer
 from ledger.core.events import InvoiceFinalized, UsageRecorded
+from ledger.core.invoice import Invoice
+from ledger.store.event_store import DEFAULT_PARTITION
 from ledger.store.records import StoredEvent
 
 
@@ -71,6 +75,7 @@ class LateUsage:
                 invoice = _finalized(stored).invoice
                 known = until.get(invoice.customer_id, invoice.period_end)
                 until[invoice.customer_id] = max(known, invoice.period_end)
+                late += await _recorded_while_finalizing(cur, stored.seq, invoice, until)
         await self._save(cur, until, late)
 
     async def _finalized_until(
@@ -117,6 +122,29 @@ class LateUsage:
             (customer_id, *seqs, before),
         )
         return [row[0] for row in await cur.fetchall()]
+
+
+async def _recorded_while_finalizing(
+    cur: AsyncCursor[TupleRow], seq: int, invoice: Invoice, until: dict[str, datetime]
+) -> list[tuple[str, int, datetime]]:
+    """Usage recorded after the invoice was computed but before it was finalized.
+
+    It was applied before this event moved the frontier, so it was not kept as
+    late, yet the invoice did not bill it: it is late all the same.
+    """
+    customer_id = invoice.customer_id
+    await cur.execute(
+        "SELECT seq, occurred_at FROM events WHERE partition = %s AND seq > %s AND seq < %s"
+        " AND stream_id = %s AND occurred_at < %s",
+        (
+            DEFAULT_PARTITION,
+            invoice.computed_through_seq,
+            seq,
+            usage_stream(customer_id),
+            until[customer_id],
+        ),
+    )
+    return [(customer_id, row[0], row[1]) for row in await cur.fetchall()]
 
 
 def _customers(events: Sequence[StoredEvent]) -> list[str]:

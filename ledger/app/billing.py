@@ -285,13 +285,28 @@ async def late_adjustments(
     numbers = sorted({n for t in times if (n := period_number_at(plan.contract, t)) is not None})
     adjustments: list[InvoiceLine] = []
     for number in numbers:
+        # Priced as the period was when last billed: a version published since (even
+        # one dated back into it) does not re-price what was already billed.
         earlier = await plan_invoice(
-            conn, plan.customer, plan.contract.contract_id, number, plan.through_seq
+            conn, plan.customer, plan.contract.contract_id, number, billed_through
         )
-        billed = earlier.price(await fold_period(conn, earlier, (0, billed_through)))
-        now = earlier.price(await fold_period(conn, earlier, (0, plan.through_seq)))
+        billed_usage = await fold_period(conn, earlier, (0, billed_through))
+        late_usage = await _fold_recorded_after(conn, earlier, (billed_through, plan.through_seq))
+        billed = earlier.price(billed_usage)
+        now = earlier.price(merge_tallies(billed_usage, late_usage))
         adjustments += adjustment_lines(billed, now, plan.currency[1])
     return adjustments
+
+
+async def _fold_recorded_after(
+    conn: Conn, plan: InvoicePlan, seqs: tuple[int, int]
+) -> dict[UsageKey, Tally]:
+    """Tallies of the plan's period from the usage recorded with seq in ``seqs``."""
+    stream = usage_stream(plan.customer.customer_id)
+    occurred = (plan.period.start, plan.period.end)
+    rows = await read_stream_recorded_after(conn, stream, occurred, seqs)
+    metrics = plan.catalog.metrics.values()
+    return fold_usage(sequenced(rows), metrics, plan.segment_starts, plan.period.end)
 
 
 def _late_in_ledger(conn: Conn) -> LateUsageSource:
