@@ -333,7 +333,9 @@ def _commits_ending(plan: InvoicePlan) -> list[TrueUp]:
     earlier_lines = [
         line
         for ref, finalized in customer.finalized.items()
-        if ref not in customer.voided and _other_period(ref, plan.ref)
+        if ref not in customer.voided
+        and finalized.invoice.currency == currency
+        and _other_period(ref, plan.ref)
         for line in finalized.invoice.lines
     ]
     return [

@@ -144,6 +144,7 @@ class BalanceBook:
                 priority=g.priority,
                 expires_at=g.expires_at,
                 grant_order=self.order[g.grant_id],
+                starts_at=g.starts_at,
             )
             for g in self.grants.values()
             if g.is_balance and g.currency == currency and g.overlaps(start, end)
@@ -152,7 +153,8 @@ class BalanceBook:
 
 @dataclass(frozen=True)
 class Balance:
-    """What is left of one grant, and which products it may pay for (empty: all)."""
+    """What is left of one grant, which products it may pay for (empty: all), and
+    when: a line is covered only if its time overlaps ``[starts_at, expires_at)``."""
 
     grant_id: str
     remaining: Decimal
@@ -160,9 +162,16 @@ class Balance:
     priority: int = 0
     expires_at: datetime | None = None
     grant_order: int = 0
+    starts_at: datetime | None = None
 
     def covers(self, product_id: str) -> bool:
         return not self.products or product_id in self.products
+
+    def applies_to(self, line: InvoiceLine) -> bool:
+        """The line's product, for time inside the grant's window."""
+        started = self.starts_at is None or line.segment_end > self.starts_at
+        unexpired = self.expires_at is None or line.segment_start < self.expires_at
+        return self.covers(line.product_id) and started and unexpired
 
     def draw_order(self) -> tuple[int, datetime, int]:
         expiry = self.expires_at or _NEVER
@@ -194,7 +203,7 @@ def draw_down(lines: Sequence[InvoiceLine], balances: Sequence[Balance]) -> Cred
             if owed <= 0:
                 break
             available = remaining[balance.grant_id]
-            if available <= 0 or not balance.covers(line.product_id):
+            if available <= 0 or not balance.applies_to(line):
                 continue
             taken = min(owed, available)
             remaining[balance.grant_id] = EXACT.subtract(available, taken)

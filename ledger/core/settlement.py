@@ -23,7 +23,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from ledger.core.catalog import RateModel
-from ledger.core.credits import BalanceBook, Grant, GrantKind, draw_down
+from ledger.core.credits import BalanceBook, Drawdown, Grant, GrantKind, draw_down
 from ledger.core.invoice import CreditApplied, Invoice, InvoiceLine, LineKind
 from ledger.core.money import EXACT, exact_sum, round_amount, zero
 
@@ -127,7 +127,13 @@ def commit_ends_in(grant: Grant, start: datetime, end: datetime) -> bool:
 def settle(
     invoice: Invoice, extra: Sequence[InvoiceLine], book: BalanceBook, decimals: int
 ) -> Invoice:
-    """The invoice with ``extra`` lines added and the customer's balances drawn down."""
+    """The invoice with ``extra`` lines added and the customer's balances drawn down.
+
+    Balances never pay more than the lines they may pay for come to in all: a
+    negative adjustment (late usage that lowered an earlier period's bill, as
+    volume tiers or LATEST can) reduces what they cover instead of leaving a
+    negative total while credit is spent.
+    """
     lines = (*invoice.lines, *extra)
     balances = [
         b
@@ -135,11 +141,10 @@ def settle(
         if not book.is_expired(b.grant_id)
     ]
     # A true-up is what the customer committed to pay; no balance covers it.
-    result = draw_down([line for line in lines if line.kind is not LineKind.TRUE_UP], balances)
-    by_grant: dict[str, Decimal] = {}
-    for drawdown in result.drawdowns:
-        so_far = by_grant.get(drawdown.grant_id, Decimal(0))
-        by_grant[drawdown.grant_id] = EXACT.add(so_far, drawdown.amount)
+    coverable = [line for line in lines if line.kind is not LineKind.TRUE_UP]
+    result = draw_down(coverable, balances)
+    ceiling = max(Decimal(0), exact_sum(line.amount for line in coverable))
+    by_grant = _capped(result.drawdowns, ceiling)
     subtotal = exact_sum((line.amount for line in lines), zero(decimals))
     applied = exact_sum(by_grant.values(), zero(decimals))
     return dataclasses.replace(
@@ -150,6 +155,18 @@ def settle(
         total=EXACT.subtract(subtotal, applied),
         credits=tuple(CreditApplied(g, a) for g, a in by_grant.items() if a),
     )
+
+
+def _capped(drawdowns: Sequence[Drawdown], ceiling: Decimal) -> dict[str, Decimal]:
+    """Each grant's drawdowns summed, the last ones given back beyond ``ceiling``."""
+    by_grant: dict[str, Decimal] = {}
+    left = ceiling
+    for drawdown in drawdowns:
+        taken = min(drawdown.amount, left)
+        left = EXACT.subtract(left, taken)
+        so_far = by_grant.get(drawdown.grant_id, Decimal(0))
+        by_grant[drawdown.grant_id] = EXACT.add(so_far, taken)
+    return by_grant
 
 
 @dataclass(frozen=True)
@@ -176,9 +193,17 @@ def closing_entries(invoice: Invoice, book: BalanceBook, decimals: int) -> list[
             continue
         assert grant.expires_at is not None
         left = EXACT.subtract(book.remaining(grant.grant_id), drawn.get(grant.grant_id, Decimal(0)))
+        if left <= 0:
+            continue  # nothing lapses: no entry (and any later void re-checks it)
         rollover = _rollover(grant, left, decimals)
         expiries.append(Expiry(grant.grant_id, left, grant.expires_at, rollover))
     return expiries
+
+
+def rollover_id(grant_id: str) -> str:
+    """A rollover's grant id; ``~`` is never in an id a caller chooses, so it cannot
+    collide with one."""
+    return f"{grant_id}~rollover"
 
 
 def _rollover(grant: Grant, left: Decimal, decimals: int) -> Grant | None:
@@ -190,7 +215,7 @@ def _rollover(grant: Grant, left: Decimal, decimals: int) -> Grant | None:
     assert grant.expires_at is not None
     return dataclasses.replace(
         grant,
-        grant_id=f"{grant.grant_id}-rollover",
+        grant_id=rollover_id(grant.grant_id),
         amount=amount,
         starts_at=grant.expires_at,
         expires_at=grant.expires_at + (grant.expires_at - grant.starts_at),

@@ -9,10 +9,11 @@ from decimal import Decimal
 import pytest
 
 from ledger.core.billing import CustomerState, InvoiceRef, evolve, parse_invoice_ref
-from ledger.core.catalog import RateModel
+from ledger.core.catalog import Contract, RateModel
 from ledger.core.credits import BalanceBook, Grant, GrantKind
 from ledger.core.errors import DomainError, Rule
 from ledger.core.events import (
+    ContractCreated,
     CreditDrawnDown,
     CreditExpired,
     CreditGranted,
@@ -196,7 +197,7 @@ def test_finalizing_enters_drawdowns_expiry_and_rollover() -> None:
     assert kinds == ["InvoiceFinalized", "CreditDrawnDown", "CreditExpired", "CreditGranted"]
     after = customer_with(CreditGranted(g), *events)
     assert after.balances.remaining("g") == Decimal("0.00")
-    assert after.balances.remaining("g-rollover") == Decimal("35.00")
+    assert after.balances.remaining("g~rollover") == Decimal("35.00")
 
 
 def test_voiding_reverses_every_entry_the_invoice_made() -> None:
@@ -210,7 +211,7 @@ def test_voiding_reverses_every_entry_the_invoice_made() -> None:
     assert all(isinstance(e, CreditReversed) for e in voiding[1:])
     state = customer_with(CreditGranted(g), *final, *voiding)
     assert state.balances.remaining("g") == Decimal("100.00")
-    assert state.balances.remaining("g-rollover") == Decimal("0.00")
+    assert state.balances.remaining("g~rollover") == Decimal("0.00")
     assert not state.balances.is_expired("g")
     assert state.current_revision("ct", 1) == 1
     with pytest.raises(DomainError) as again:
@@ -231,11 +232,29 @@ def test_only_the_latest_finalized_invoice_can_be_voided() -> None:
 
 
 def test_periods_are_finalized_in_order() -> None:
-    state = customer_with(finalized(invoice(ref="in-ct-1")))
+    contract = Contract("ct", "cus", "rc", None, JAN, None, JAN)
+    state = customer_with(ContractCreated(contract), finalized(invoice(ref="in-ct-1")))
     check_earlier_periods_final(state, InvoiceRef("ct", 2))
     with pytest.raises(DomainError) as skipped:
         check_earlier_periods_final(state, InvoiceRef("ct", 3))
     assert skipped.value.rule is Rule.EARLIER_PERIOD_OPEN
+
+
+def test_a_lowering_adjustment_is_netted_before_credits_are_counted() -> None:
+    priced = invoice(line("a", "100.00"))
+    lowered = dataclasses.replace(line("a", "-49.95"), kind=LineKind.ADJUSTMENT)
+    settled = settle(priced, [lowered], book_of(grant("g", "500.00")), 2)
+    assert (settled.subtotal, settled.credits_applied, settled.total) == (
+        Decimal("50.05"),
+        Decimal("50.05"),
+        Decimal("0.00"),
+    )
+
+
+def test_nothing_left_to_lapse_enters_no_expiry() -> None:
+    book = book_of(grant("g", "30.00", expires_at=FEB))
+    settled = settle(invoice(line("a", "30.00")), [], book, 2)
+    assert closing_entries(settled, book, 2) == []
 
 
 def test_drawdowns_and_expiries_fold_into_the_balance() -> None:
