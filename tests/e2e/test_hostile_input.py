@@ -1453,6 +1453,28 @@ def test_finalize_invoice(h: Hostile, data: st.DataObject, request_id: str) -> N
 
 
 @FUZZ
+@given(data=st.data(), request_id=st.one_of(st.just(""), new_ids, hostile_text))
+def test_void_invoice(h: Hostile, data: st.DataObject, request_id: str) -> None:
+    """Voids of the fuzz contracts' invoices (revisions too) or of hostile ids; the
+    known customer's finalized invoice is never named, so it must stand."""
+    contract_id = data.draw(st.sampled_from(h.contracts))
+    revision = st.sampled_from(("", "-r1", "-r2"))
+    invoice_id = data.draw(
+        st.one_of(
+            st.tuples(st.integers(1, 200), revision).map(
+                lambda nr: f"in-{contract_id}-{nr[0]}{nr[1]}"
+            ),
+            bad_invoice_ids,
+        )
+    )
+    request = invoices_pb2.VoidInvoiceRequest(invoice_id=invoice_id, request_id=request_id)
+    voided = call(h, h.api.invoices.VoidInvoice, request)
+    if voided is not None:
+        assert voided.voided.status == "VOIDED"
+        assert voided.voided.customer_id != KNOWN
+
+
+@FUZZ
 @given(request=preview_requests())
 def test_preview_invoice(h: Hostile, request: invoices_pb2.PreviewInvoiceRequest) -> None:
     if fits(request):
@@ -1840,6 +1862,12 @@ RAW_TARGETS: Final[tuple[tuple[str, str, Message, tuple[str, ...]], ...]] = (
         "InvoiceService",
         "FinalizeInvoice",
         invoices_pb2.FinalizeInvoiceRequest(invoice_id="in-fuzz-c1-2"),
+        ("request_id",),
+    ),
+    (
+        "InvoiceService",
+        "VoidInvoice",
+        invoices_pb2.VoidInvoiceRequest(invoice_id="in-fuzz-c1-2"),
         ("request_id",),
     ),
     ("InvoiceService", "PreviewInvoice", invoices_pb2.PreviewInvoiceRequest(), ("customer_id",)),
