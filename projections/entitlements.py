@@ -278,12 +278,12 @@ class EntitlementProjection:
                     ORDER BY version DESC LIMIT 1
                 ) v
             ), limits AS (
-                SELECT g.remaining,
-                    g.starts_at <= %(at)s AND (g.expires_at IS NULL OR %(at)s < g.expires_at)
-                        AS valid
+                -- A hard limit not started yet limits nothing; one that lapsed still
+                -- does (its balance is gone), until a grant in force refills it.
+                SELECT g.remaining, g.expires_at IS NULL OR %(at)s < g.expires_at AS valid
                 FROM {self.grants} g JOIN plan p ON g.currency = p.currency
                 WHERE g.customer_id = %(customer)s AND g.hard_limit
-                    AND g.product_id IN (%(product)s, '')
+                    AND g.product_id IN (%(product)s, '') AND g.starts_at <= %(at)s
             )
             SELECT (SELECT currency FROM plan),
                 coalesce((SELECT %(product)s = ANY(product_ids) FROM card), false),

@@ -141,6 +141,24 @@ def test_only_hard_limit_grants_valid_at_the_instant_count(database_url: str) ->
     run_app(database_url, body)
 
 
+def test_a_hard_limit_that_has_not_started_limits_nothing_yet(database_url: str) -> None:
+    async def body(app: App) -> None:
+        await sell(app)
+        await customer(app, "acme")
+        await grant(
+            app,
+            "acme",
+            "from-next-week",
+            "5.00",
+            hard_limit=True,
+            starts_at=NOW + timedelta(days=7),
+        )
+        assert await check(app, "llm") == allowed()
+        assert await check(app, "llm", NOW + timedelta(days=7)) == allowed("5.00")
+
+    run_app(database_url, body)
+
+
 def test_hard_limits_in_another_currency_do_not_apply(database_url: str) -> None:
     async def body(app: App) -> None:
         await sell(app)
