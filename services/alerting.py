@@ -24,7 +24,6 @@ from ledger.app.alerts import SpendAlerts, SpendReader, is_alert_setting, touche
 from ledger.core.alerts import PeriodSpend
 from ledger.core.errors import DomainError, Rule
 from ledger.store.event_store import PostgresEventStore
-from ledger.store.records import StoredEvent
 from projections.invoicing import Invoicing
 
 POLL_INTERVAL_S: Final = 0.2
@@ -113,14 +112,14 @@ class AlertFollower:
     async def _follow(self, position: int) -> tuple[int, bool]:
         """Evaluate the customers touched after ``position`` (and any due for a retry);
         the new position, and whether it is the head."""
-        events = await self._store.read_all(position, BATCH_EVENTS_MAX)
-        customers = self._touched(events)
+        events = await self._store.stream_ids_after(position, BATCH_EVENTS_MAX)
+        customers = self._touched(stream_id for _, stream_id in events)
         if self._failed and time.monotonic() >= self._retry_at:
             customers |= self._failed
         await self._evaluate_each(customers)
         if not events:
             return position, True
-        return events[-1].seq, len(events) < BATCH_EVENTS_MAX
+        return events[-1][0], len(events) < BATCH_EVENTS_MAX
 
     async def _evaluate_each(self, customers: Iterable[str]) -> None:
         for customer_id in sorted(customers):
@@ -133,15 +132,15 @@ class AlertFollower:
             else:
                 self._failed.discard(customer_id)
 
-    def _touched(self, events: list[StoredEvent]) -> set[str]:
+    def _touched(self, stream_ids: Iterable[str]) -> set[str]:
         """Customers with alerts among those the events concern (crossings touch none,
         so recording one never causes another evaluation)."""
         touched = set()
-        for event in events:
-            customer_id = touched_customer(event.stream_id)
+        for stream_id in stream_ids:
+            customer_id = touched_customer(stream_id)
             if customer_id is None:
                 continue
-            if is_alert_setting(event.stream_id):
+            if is_alert_setting(stream_id):
                 self._watched.add(customer_id)
             if customer_id in self._watched:
                 touched.add(customer_id)

@@ -161,6 +161,17 @@ class PostgresEventStore:
         async with self._pool.connection() as conn:
             return await read_after(conn, after_seq, limit)
 
+    async def stream_ids_after(self, after_seq: int, limit: int) -> list[tuple[int, str]]:
+        """``(seq, stream_id)`` of up to ``limit`` events after ``after_seq``: who a
+        follower must look at, without reading (or decoding) the payloads."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT seq, stream_id FROM events WHERE partition = %s AND seq > %s"
+                " ORDER BY seq LIMIT %s",
+                (DEFAULT_PARTITION, after_seq, limit),
+            )
+            return [(int(seq), str(stream_id)) for seq, stream_id in await cur.fetchall()]
+
     async def find_key(self, idempotency_key: str) -> tuple[int, str | None] | None:
         """``(seq, request_hash)`` of the event written under a key, if any."""
         return (await self.find_keys([idempotency_key])).get(idempotency_key)
