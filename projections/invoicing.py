@@ -151,18 +151,23 @@ class Invoicing:
     async def list(
         self, customer_id: str, page_size: int, page_token: str
     ) -> tuple[list[InvoiceView], str]:
-        """A customer's invoices, newest period first, a page at a time; each open
-        period's draft is priced, so pages are small."""
+        """A customer's invoices, newest period first (a voided one right after the
+        invoice that replaced it), a page at a time; each open period's draft is
+        priced, so pages are small."""
         if not customer_id:
             raise invalid("customer_id", "is required")
         async with self._snapshot() as conn:
             head = (await read_head(conn)).seq
             customer = await load_customer(conn, customer_id, head)
-            refs = begun_periods(customer, self._clock())
+            refs = [
+                InvoiceRef(contract_id, number, revision)
+                for contract_id, number in begun_periods(customer, self._clock())
+                for revision in range(customer.current_revision(contract_id, number), -1, -1)
+            ]
             page, token = page_of(
                 refs, page_size, page_token, default=LIST_PAGE_DEFAULT, most=LIST_PAGE_MAX
             )
-            views = [await self._current(conn, customer, c, n, head) for c, n in page]
+            views = [await self._view(conn, customer, ref, head) for ref in page]
             return views, token
 
     async def preview(self, request: PreviewRequest) -> InvoiceView:

@@ -355,12 +355,15 @@ def test_a_contract_year(year: Year) -> None:
         verdict = y.audit.VerifyInvoice(audit_pb2.VerifyInvoiceRequest(invoice_id=ref))
         assert verdict.matches, ref
 
-    # Listing shows the year, newest first, with the replacement standing for February.
+    # Listing shows the year, newest first, the voided February after its replacement.
     listed = y.api.invoices.ListInvoices(
         invoices_pb2.ListInvoicesRequest(customer_id=CUSTOMER, page_size=100)
     ).invoices
-    assert [i.invoice_id for i in listed] == [
-        invoice_id(n, 1 if n == 2 else 0) for n in range(12, 0, -1)
+    assert [(i.invoice_id, i.status) for i in listed] == [
+        *((invoice_id(n), "FINALIZED") for n in range(12, 2, -1)),
+        (invoice_id(2, 1), "FINALIZED"),
+        (invoice_id(2), "VOIDED"),
+        (invoice_id(1), "FINALIZED"),
     ]
 
     # Refusals: amending the ended contract, a grant in another currency; nothing written.
