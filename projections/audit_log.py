@@ -21,6 +21,7 @@ from ledger.core.alerts import AlertKind
 from ledger.core.canonical import format_decimal, format_instant
 from ledger.core.contracts import Amendment
 from ledger.core.events import (
+    EVENT_CLASSES,
     AccessDenied,
     BillableMetricCreated,
     ContractAmended,
@@ -86,6 +87,8 @@ class AuditLog:
     """Projection ``audit_log``."""
 
     name = "audit_log"
+    # Every action: usage and the bookkeeping beside actions are not read at all.
+    event_types: Final = frozenset(EVENT_CLASSES) - NOT_ACTIONS
 
     def __init__(self, version: int = 1) -> None:
         self.version = version

@@ -90,6 +90,7 @@ class BalanceProjection:
     """Projection ``balances``: grants with their remaining balance, and their entries."""
 
     name = "balances"
+    event_types: Final = CREDIT_EVENTS
 
     def __init__(self, version: int = 1) -> None:
         self.version = version

@@ -26,7 +26,13 @@ from psycopg.rows import TupleRow
 from psycopg_pool import PoolTimeout
 
 from ledger.core.errors import DomainError, Rule, invalid
-from ledger.store.event_store import NOTIFY_CHANNEL, Pool, read_after, read_head
+from ledger.store.event_store import (
+    NOTIFY_CHANNEL,
+    Pool,
+    read_after,
+    read_head,
+    read_types_at,
+)
 from ledger.store.records import StoredEvent
 from projections.registry import (
     REGISTRY_DDL,
@@ -59,6 +65,13 @@ class Projection(Protocol):
 
     name: str
     version: int
+
+    @property
+    def event_types(self) -> frozenset[str] | None:
+        """The event types it reads, or None for all. A projection of a few kinds
+        of event other than usage is given only those, read through the index
+        that leaves usage out, however much usage the ledger holds; its
+        checkpoint still moves over every event."""
 
     def ddl(self) -> Sequence[str]:
         """Statements that create the projection's tables if they are missing."""
@@ -142,29 +155,38 @@ class ProjectionRunner:
     async def run_batch(
         self, projection: Projection, limit: int = BATCH_EVENTS_MAX, *, replaying: bool = False
     ) -> int:
-        """Apply one batch of at most ``limit`` events; return how many it held."""
+        """Apply one batch of at most ``limit`` events; return how many it moved over."""
         async with self._pool.connection() as conn, conn.transaction():
             checkpoint = await _lock_checkpoint(conn, projection)
-            events = await read_after(conn, checkpoint, limit)
-            if not events:
+            if projection.event_types is None:
+                events = await read_after(conn, checkpoint, limit)
+                through = events[-1].seq if events else checkpoint
+            else:
+                # seq is gapless and the head is read in the same snapshot as the rows.
+                through = min((await read_head(conn)).seq, checkpoint + limit)
+                events = await read_types_at(
+                    conn, sorted(projection.event_types), through, checkpoint
+                )
+            if through == checkpoint:
                 return 0
-            return await self._apply_batch(conn, projection, events, replaying=replaying)
+            await self._apply_batch(conn, projection, events, (checkpoint, through), replaying)
+            return through - checkpoint
 
     async def _apply_batch(
         self,
         conn: AsyncConnection[TupleRow],
         projection: Projection,
         events: Sequence[StoredEvent],
-        *,
+        seqs: tuple[int, int],
         replaying: bool,
-    ) -> int:
+    ) -> None:
         """Apply a batch in its own span, linked to the calls whose events it applies."""
         attributes: dict[str, str | int | bool] = {
             "accrual.projection": projection.name,
             "accrual.projection.version": projection.version,
             "accrual.events": len(events),
-            "accrual.seq.first": events[0].seq,
-            "accrual.seq.last": events[-1].seq,
+            "accrual.seq.first": seqs[0] + 1,
+            "accrual.seq.last": seqs[1],
             "accrual.replaying": replaying,
         }
         with _tracer.start_as_current_span(
@@ -176,12 +198,11 @@ class ProjectionRunner:
                 await cur.execute(
                     "UPDATE projection_checkpoints SET seq = %s, updated_at = now()"
                     " WHERE name = %s AND version = %s",
-                    (events[-1].seq, projection.name, projection.version),
+                    (seqs[1], projection.name, projection.version),
                 )
             head = (await read_head(conn)).seq
             elapsed = time.monotonic() - started
-        _METRICS.batch_applied(projection, len(events), elapsed, head - events[-1].seq)
-        return len(events)
+        _METRICS.batch_applied(projection, seqs[1] - seqs[0], elapsed, head - seqs[1])
 
     async def catch_up(self, names: set[str] | None = None) -> int:
         """Apply batches until the live projections (or those named) reach the head."""

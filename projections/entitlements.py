@@ -105,6 +105,11 @@ class EntitlementProjection:
     """Projection ``entitlements``: plans in force, card products, hard-limit balances."""
 
     name = "entitlements"
+    event_types: Final = CREDIT_EVENTS | {
+        ContractCreated.EVENT_TYPE,
+        ContractAmended.EVENT_TYPE,
+        RateCardPublished.EVENT_TYPE,
+    }
 
     def __init__(self, version: int = 1) -> None:
         self.version = version

@@ -33,6 +33,7 @@ class LateUsage:
     """Projection ``late_usage``: per customer, the seq and time of each late event."""
 
     name = "late_usage"
+    event_types = None  # usage: every event
 
     def __init__(self, version: int = 1) -> None:
         self.version = version

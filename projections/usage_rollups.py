@@ -47,6 +47,7 @@ class UsageRollups:
     """Projection ``usage_rollups``: tallies per customer, metric, group and hour."""
 
     name = "usage_rollups"
+    event_types = None  # usage: every event
 
     def __init__(self, version: int = 1) -> None:
         self.version = version

@@ -215,6 +215,7 @@ class Notifier:
     """A projection with a side effect: it 'sends' a notice per customer created."""
 
     name = "notifier"
+    event_types = frozenset({"CustomerCreated"})  # read through the index, not every event
 
     def __init__(self, version: int) -> None:
         self.version = version
