@@ -9,12 +9,12 @@ from enum import Enum
 from typing import Final
 
 from ledger.app.catalog import MetricRegistry
-from ledger.app.context import RequestContext, request_hash
+from ledger.app.context import RequestContext
 from ledger.app.streams import customer_stream, usage_stream
-from ledger.core.canonical import canonical_json
+from ledger.core.canonical import canonical_json, sha256_hex
 from ledger.core.catalog import BillableMetric
 from ledger.core.errors import DomainError, FieldViolation, Rule
-from ledger.core.events import UsageRecorded, to_payload
+from ledger.core.events import UsageRecorded, usage_payload_bytes
 from ledger.core.metering import matches
 from ledger.core.money import is_decimal_text
 from ledger.core.validation import ID_PATTERN, UsagePolicy, usage_rejection
@@ -89,7 +89,8 @@ class RecordUsage:
         fresh = [item for item, result in zip(items, earlier, strict=True) if result is None]
         rejections = dict(zip(map(id, fresh), await self._rejections(fresh), strict=True))
         writable = [item for item in fresh if rejections[id(item)] is None]
-        outcomes = iter(await self._append([self._new_event(i, ctx) for i in writable]))
+        metadata = ctx.metadata()  # one mapping per call: its bytes are encoded once
+        outcomes = iter(await self._append([self._new_event(i, metadata) for i in writable]))
         results = []
         for item, answered in zip(items, earlier, strict=True):
             reason = rejections.get(id(item))
@@ -142,15 +143,18 @@ class RecordUsage:
             rejections.append(reason)
         return rejections
 
-    def _new_event(self, item: UsageInput, ctx: RequestContext) -> NewEvent:
+    def _new_event(self, item: UsageInput, metadata: Mapping[str, str]) -> NewEvent:
         event = _event(item)
+        payload = usage_payload_bytes(event)
         return NewEvent(
             stream_id=usage_stream(item.customer_id),
             event=event,
             occurred_at=event.occurred_at,
-            metadata=ctx.metadata(),
+            metadata=metadata,
             idempotency_key=usage_key(item.customer_id, item.transaction_id),
-            request_hash=_hash(event),
+            # The request hash is the hash of the payload's canonical bytes.
+            request_hash=sha256_hex(payload),
+            payload=payload,
         )
 
 
@@ -177,7 +181,7 @@ def _event(item: UsageInput) -> UsageRecorded:
 
 
 def _hash(event: UsageRecorded) -> str:
-    return request_hash(to_payload(event))
+    return sha256_hex(usage_payload_bytes(event))
 
 
 def _non_decimal_quantity(item: UsageInput, metrics: Iterable[BillableMetric]) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -131,6 +131,7 @@ class PostgresEventStore:
         outcomes: list[AppendOutcome] = []
         rows: list[tuple[Any, ...]] = []
         seq, prev_hash = head.seq, head.hash
+        metadata_bytes = _MetadataBytes()
         for event in events:
             earlier = seen.get(event.idempotency_key) if event.idempotency_key else None
             if earlier is not None:
@@ -140,7 +141,14 @@ class PostgresEventStore:
             version = versions.get(event.stream_id, 0)
             _check_expected(event, version)
             seq, version = seq + 1, version + 1
-            row = _row(event, seq, version, prev_hash, recorded_at)
+            row = _row(
+                event,
+                seq,
+                version,
+                prev_hash,
+                recorded_at=recorded_at,
+                metadata=metadata_bytes(event.metadata),
+            )
             prev_hash = row[-1]
             rows.append(row)
             versions[event.stream_id] = version
@@ -236,11 +244,30 @@ def _check_expected(event: NewEvent, version: int) -> None:
         )
 
 
+class _MetadataBytes:
+    """Canonical metadata bytes, encoded once per mapping: a call's events share one."""
+
+    def __init__(self) -> None:
+        self._encoded: dict[int, tuple[Mapping[str, str], bytes]] = {}
+
+    def __call__(self, metadata: Mapping[str, str]) -> bytes:
+        known = self._encoded.get(id(metadata))
+        if known is None or known[0] is not metadata:
+            known = (metadata, canonical_json(dict(metadata)))
+            self._encoded[id(metadata)] = known
+        return known[1]
+
+
 def _row(
-    event: NewEvent, seq: int, version: int, prev_hash: bytes, recorded_at: datetime
+    event: NewEvent,
+    seq: int,
+    version: int,
+    prev_hash: bytes,
+    *,
+    recorded_at: datetime,
+    metadata: bytes,
 ) -> tuple[Any, ...]:
     payload = event.payload_bytes()
-    metadata = canonical_json(dict(event.metadata))
     fields: dict[str, Any] = {
         "seq": seq,
         "partition": DEFAULT_PARTITION,

@@ -25,9 +25,12 @@ class NewEvent:
     idempotency_key: str | None = None
     request_hash: str | None = None
     expected_version: int | None = ANY_VERSION
+    # The payload's canonical bytes when the caller already has them (usage
+    # hashes them for idempotency): encoded once, not twice, on the hot path.
+    payload: bytes | None = None
 
     def payload_bytes(self) -> bytes:
-        return canonical_json(to_payload(self.event))
+        return self.payload if self.payload is not None else canonical_json(to_payload(self.event))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ledger.core import events as events_module
 from ledger.core.alerts import AlertKind, SpendAlert
@@ -55,6 +57,7 @@ from ledger.core.events import (
     UsageRecorded,
     from_payload,
     to_payload,
+    usage_payload_bytes,
 )
 from ledger.core.invoice import (
     CreditApplied,
@@ -346,3 +349,30 @@ def test_an_older_stored_schema_version_is_upcast_on_read(monkeypatch: pytest.Mo
     assert events_module.from_payload("CustomerCreated", 1, current) == CustomerCreated(
         "acme", "Acme Corp"
     )
+
+
+_ids = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
+
+
+@given(
+    customer_id=_ids,
+    transaction_id=_ids,
+    event_type=_ids,
+    occurred_at=st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=-7, minutes=-30))]),
+    ),
+    properties=st.dictionaries(_ids, st.text(max_size=12), max_size=4),
+)
+def test_the_usage_fast_path_encodes_exactly_as_the_codec(
+    customer_id: str,
+    transaction_id: str,
+    event_type: str,
+    occurred_at: datetime,
+    properties: dict[str, str],
+) -> None:
+    """Ingest encodes usage with a dedicated encoder; stored bytes (and so the hash
+    chain and idempotency hashes) must be what the generic codec writes."""
+    event = UsageRecorded(customer_id, transaction_id, event_type, occurred_at, properties)
+    assert usage_payload_bytes(event) == canonical_json(to_payload(event))
