@@ -11,7 +11,7 @@ from typing import Final
 from ledger.app.catalog import MetricRegistry
 from ledger.app.context import RequestContext
 from ledger.app.streams import customer_stream, usage_stream
-from ledger.core.canonical import canonical_json, sha256_hex
+from ledger.core.canonical import canonical_dumps, sha256_hex
 from ledger.core.catalog import BillableMetric
 from ledger.core.errors import DomainError, FieldViolation, Rule
 from ledger.core.events import UsageRecorded, usage_payload_bytes
@@ -166,7 +166,7 @@ def _ids_ok(item: UsageInput) -> bool:
 
 def usage_key(customer_id: str, transaction_id: str) -> str:
     """The idempotency key of a usage event: unambiguous for any pair of ids."""
-    return "usage:" + canonical_json([customer_id, transaction_id]).decode()
+    return "usage:" + canonical_dumps([customer_id, transaction_id]).decode()
 
 
 def _event(item: UsageInput) -> UsageRecorded:

@@ -64,8 +64,14 @@ def to_json_value(value: Any) -> JsonValue:  # noqa: PLR0911 - one branch per sh
 
 def canonical_json(value: Any) -> bytes:
     """Encode ``value`` to canonical JSON bytes."""
+    return canonical_dumps(to_json_value(value))
+
+
+def canonical_dumps(value: JsonValue) -> bytes:
+    """Canonical JSON bytes of a value that is already JSON-ready (strings, ints,
+    None, lists and string-keyed dicts of them): the hot paths' shortcut."""
     return json.dumps(
-        to_json_value(value),
+        value,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

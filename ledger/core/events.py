@@ -7,7 +7,6 @@ class is never edited: a change adds a version and an upcaster in
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +14,7 @@ from decimal import Decimal
 from typing import Any, ClassVar, Final
 
 from ledger.core.alerts import SpendAlert
-from ledger.core.canonical import format_instant
+from ledger.core.canonical import JsonValue, canonical_dumps, format_instant
 from ledger.core.catalog import BillableMetric, Contract, Product, RateCardVersion
 from ledger.core.codec import decode, encode
 from ledger.core.contracts import Amendment
@@ -275,16 +274,15 @@ def usage_payload_bytes(event: UsageRecorded) -> bytes:
     """The canonical bytes of a usage payload, built directly: usage is nearly every
     event, and the generic codec walks type hints per value. It must equal
     ``canonical_json(to_payload(event))`` byte for byte (a property test checks)."""
-    payload = {
+    properties: dict[str, JsonValue] = dict(event.properties)
+    payload: dict[str, JsonValue] = {
         "customer_id": event.customer_id,
         "event_type": event.event_type,
         "occurred_at": format_instant(event.occurred_at),
-        "properties": dict(event.properties),
+        "properties": properties,
         "transaction_id": event.transaction_id,
     }
-    return json.dumps(
-        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return canonical_dumps(payload)
 
 
 def to_payload(event: DomainEvent) -> dict[str, Any]:

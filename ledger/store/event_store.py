@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -412,9 +413,12 @@ async def _existing_keys(
 ) -> dict[str | None, tuple[int, str | None]]:
     if not keys:
         return {}
+    # The keys travel as one JSON array (encoded in C), not a text[] that the
+    # driver would escape element by element: a batch holds a thousand of them.
     cur = await conn.execute(
-        "SELECT idempotency_key, seq, request_hash FROM events WHERE idempotency_key = ANY(%s)",
-        (keys,),
+        "SELECT idempotency_key, seq, request_hash FROM events WHERE idempotency_key"
+        " = ANY(ARRAY(SELECT jsonb_array_elements_text(%s::jsonb)))",
+        (json.dumps(keys),),
     )
     return {key: (seq, request_hash) for key, seq, request_hash in await cur.fetchall()}
 

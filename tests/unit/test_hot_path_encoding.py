@@ -1,0 +1,90 @@
+"""The append path's encoding shortcuts write exactly what the generic encoders do.
+
+Ingest builds usage keys and row-hash headers without walking each value; a
+stored row's hash, and every idempotency key, must not depend on which path
+encoded it, or verifying an older ledger (or a retry) would fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta, timezone
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger.app.usage import usage_key
+from ledger.core.canonical import canonical_json
+from ledger.store.chain import row_hash
+
+texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=16)
+instants = st.datetimes(
+    min_value=datetime(1, 1, 2),
+    max_value=datetime(9999, 12, 30),
+    timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=45))]),
+)
+
+
+@given(customer_id=texts, transaction_id=texts)
+def test_usage_keys_are_the_canonical_json_of_the_pair(
+    customer_id: str, transaction_id: str
+) -> None:
+    expected = "usage:" + canonical_json([customer_id, transaction_id]).decode()
+    assert usage_key(customer_id, transaction_id) == expected
+
+
+@given(
+    seq=st.integers(1, 2**62),
+    stream_id=texts,
+    event_type=texts,
+    occurred_at=instants,
+    recorded_at=instants,
+    idempotency_key=st.one_of(st.none(), texts),
+    request_hash=st.one_of(st.none(), texts),
+    payload=st.binary(max_size=64),
+)
+def test_row_hashes_equal_the_canonical_header_hash(
+    seq: int,
+    stream_id: str,
+    event_type: str,
+    occurred_at: datetime,
+    recorded_at: datetime,
+    idempotency_key: str | None,
+    request_hash: str | None,
+    payload: bytes,
+) -> None:
+    prev, metadata = bytes(range(32)), b'{"actor":"a"}'
+    header = canonical_json(
+        {
+            "seq": seq,
+            "partition": 0,
+            "stream_id": stream_id,
+            "stream_version": seq,
+            "event_type": event_type,
+            "schema_version": 1,
+            "payload_sha256": hashlib.sha256(payload).hexdigest(),
+            "metadata_sha256": hashlib.sha256(metadata).hexdigest(),
+            "occurred_at": occurred_at,
+            "recorded_at": recorded_at,
+            "idempotency_key": idempotency_key,
+            "request_hash": request_hash,
+        }
+    )
+    assert (
+        row_hash(
+            prev_hash=prev,
+            seq=seq,
+            partition=0,
+            stream_id=stream_id,
+            stream_version=seq,
+            event_type=event_type,
+            schema_version=1,
+            payload=payload,
+            metadata=metadata,
+            occurred_at=occurred_at,
+            recorded_at=recorded_at,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+        )
+        == hashlib.sha256(prev + header).digest()
+    )
