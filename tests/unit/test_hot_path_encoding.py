@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.app.usage import usage_key
-from ledger.core.canonical import canonical_json
+from ledger.core.canonical import canonical_json, format_instant, parse_instant
 from ledger.store.chain import row_hash
 
 texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=16)
@@ -88,3 +88,10 @@ def test_row_hashes_equal_the_canonical_header_hash(
         )
         == hashlib.sha256(prev + header).digest()
     )
+
+
+@given(instant=instants)
+def test_instants_format_as_strftime_would(instant: datetime) -> None:
+    utc = instant.astimezone(UTC)
+    assert format_instant(instant) == f"{utc.year:04d}-" + utc.strftime("%m-%dT%H:%M:%S.%fZ")
+    assert parse_instant(format_instant(instant)) == utc
