@@ -191,13 +191,20 @@ def _non_decimal_quantity(item: UsageInput, metrics: Iterable[BillableMetric]) -
     and shown as unbilled usage on the invoice (PRICING.md).
     """
     assert item.occurred_at is not None
-    probe = UsageRecorded(
-        item.customer_id, item.transaction_id, item.event_type, item.occurred_at, item.properties
-    )
     for metric in metrics:
         name = metric.property
         if not (name and metric.aggregation.needs_number):
             continue
-        if not is_decimal_text(item.properties.get(name, "0")) and matches(metric, probe):
+        if is_decimal_text(item.properties.get(name, "0")):
+            continue
+        # Only now is the event built to ask the metric: nearly every event passes.
+        probe = UsageRecorded(
+            item.customer_id,
+            item.transaction_id,
+            item.event_type,
+            item.occurred_at,
+            item.properties,
+        )
+        if matches(metric, probe):
             return f"property {name!r} must be a decimal number (metric {metric.metric_id})"
     return None
