@@ -112,8 +112,8 @@ class AuditLog:
             f"CREATE INDEX IF NOT EXISTS {self.table}_time ON {self.table} (recorded_at)",
         ]
 
-    def drop_ddl(self) -> Sequence[str]:
-        return [f"DROP TABLE IF EXISTS {self.table}"]
+    def tables(self) -> Sequence[str]:
+        return [self.table]
 
     async def apply(
         self,

@@ -129,8 +129,8 @@ class BalanceProjection:
                 ON {self.entries} (customer_id, grant_id, seq)""",
         ]
 
-    def drop_ddl(self) -> Sequence[str]:
-        return [f"DROP TABLE IF EXISTS {table}" for table in (self.entries, self.grants)]
+    def tables(self) -> Sequence[str]:
+        return [self.entries, self.grants]
 
     async def apply(
         self,

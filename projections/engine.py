@@ -76,8 +76,9 @@ class Projection(Protocol):
     def ddl(self) -> Sequence[str]:
         """Statements that create the projection's tables if they are missing."""
 
-    def drop_ddl(self) -> Sequence[str]:
-        """Statements that drop the projection's tables."""
+    def tables(self) -> Sequence[str]:
+        """The tables its ``ddl`` creates: what dropping a version drops, and what
+        the projector's database role must own."""
 
     async def apply(
         self,
@@ -325,7 +326,7 @@ class ProjectionRunner:
             if state is State.LIVE or state is None:
                 message = f"{name} v{version} is live or unknown; only retired versions are dropped"
                 raise DomainError(Rule.PROJECTION_NOT_RETIRED, message)
-            for statement in projection.drop_ddl():
+            for statement in (f"DROP TABLE IF EXISTS {table}" for table in projection.tables()):
                 await conn.execute(statement)
             await conn.execute(
                 "DELETE FROM projection_checkpoints WHERE name = %s AND version = %s",

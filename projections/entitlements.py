@@ -154,9 +154,8 @@ class EntitlementProjection:
                 ON {self.grants} (customer_id, product_id) WHERE hard_limit""",
         ]
 
-    def drop_ddl(self) -> Sequence[str]:
-        tables = (self.contracts, self.plans, self.cards, self.grants)
-        return [f"DROP TABLE IF EXISTS {table}" for table in tables]
+    def tables(self) -> Sequence[str]:
+        return [self.contracts, self.plans, self.cards, self.grants]
 
     async def apply(
         self,

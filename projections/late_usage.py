@@ -52,8 +52,8 @@ class LateUsage:
                 PRIMARY KEY (customer_id, seq))""",
         ]
 
-    def drop_ddl(self) -> Sequence[str]:
-        return [f"DROP TABLE IF EXISTS {t}" for t in (self.late, self.finalized_until)]
+    def tables(self) -> Sequence[str]:
+        return [self.late, self.finalized_until]
 
     async def apply(
         self,

@@ -90,9 +90,8 @@ class UsageRollups:
                 PRIMARY KEY (customer_id, metric_id, bucket_start, group_key, reason))""",
         ]
 
-    def drop_ddl(self) -> Sequence[str]:
-        tables = (self.rollups, self.unbilled, self.distinct, self.metrics)
-        return [f"DROP TABLE IF EXISTS {table}" for table in tables]
+    def tables(self) -> Sequence[str]:
+        return [self.rollups, self.unbilled, self.distinct, self.metrics]
 
     async def apply(
         self,

@@ -11,8 +11,10 @@ from typing import Final, TypeVar
 
 import psycopg
 import structlog
+from psycopg import sql
+from psycopg.rows import TupleRow
 
-from services.bootstrap import App, running_app
+from services.bootstrap import PROJECTIONS, App, running_app
 from services.config import Settings
 from services.embedded_db import EmbeddedPostgres
 
@@ -67,39 +69,38 @@ def role_urls(settings: Settings, owner: str, *, embedded: bool) -> DatabaseUrls
     )
 
 
-# As migration 0002 does for projection tables made before it: tables made
-# while the projector ran on the owner's URL go to the projector, which must
-# own them to create their indexes and drop retired versions.
-_HAND_OVER_PROJECTIONS: Final = r"""
-DO $$
-DECLARE
-    relation regclass;
-BEGIN
-    FOR relation IN
-        SELECT c.oid::regclass
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
-            AND c.relowner <> 'accrual_projector'::regrole
-            AND (c.relname IN ('projection_checkpoints', 'projection_registry')
-                OR c.relname ~ '^(usage_(rollups|unbilled|rollup_metrics|distinct)_v\d+)$'
-                OR c.relname ~ '^audit_entries_v\d+$'
-                OR c.relname ~ '^late_usage_(finalized_until_)?v\d+$'
-                OR c.relname ~ '^balance_(grants|entries)_v\d+$'
-                OR c.relname ~ '^entitlement_(contracts|plans|cards|grants)_v\d+$')
-    LOOP
-        EXECUTE format('GRANT SELECT ON %s TO accrual_service', relation);
-        EXECUTE format('ALTER TABLE %s OWNER TO accrual_projector', relation);
-    END LOOP;
-END $$
-"""
-
-
 def hand_projections_to_projector(urls: DatabaseUrls) -> None:
-    """Make the projector own every projection table before it runs as its role."""
+    """Make the projector own every projection table before it runs as its role.
+
+    As migration 0002 did for tables made before it: tables made while the
+    projector ran on the owner's URL go to the projector, which must own them
+    to create their indexes and drop retired versions; the service reads them.
+    """
     if urls.projector == urls.owner:
         return
     with psycopg.connect(urls.owner, autocommit=True) as conn:
-        conn.execute(_HAND_OVER_PROJECTIONS)
+        for table in _tables_to_hand_over(conn):
+            name = sql.Identifier(table)
+            conn.execute(sql.SQL("GRANT SELECT ON {} TO accrual_service").format(name))
+            conn.execute(sql.SQL("ALTER TABLE {} OWNER TO accrual_projector").format(name))
+
+
+def _tables_to_hand_over(conn: psycopg.Connection[TupleRow]) -> list[str]:
+    """The runner's tables and those of every registered projection version that
+    exist and are not the projector's yet (each projection names its own)."""
+    names = {"projection_checkpoints", "projection_registry"}
+    registered = conn.execute("SELECT to_regclass('projection_registry')").fetchone()
+    if registered is not None and registered[0] is not None:
+        for name, version in conn.execute("SELECT name, version FROM projection_registry"):
+            if name in PROJECTIONS:
+                names |= set(PROJECTIONS[name](version).tables())
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname = ANY(%s)"
+        " AND c.relowner <> 'accrual_projector'::regrole",
+        (sorted(names),),
+    )
+    return [str(row[0]) for row in rows]
 
 
 @contextlib.contextmanager

@@ -226,8 +226,8 @@ class Notifier:
             "CREATE TABLE IF NOT EXISTS notices_sent (seq bigint, version int)",
         ]
 
-    def drop_ddl(self) -> list[str]:
-        return [f"DROP TABLE IF EXISTS notices_v{self.version}"]
+    def tables(self) -> list[str]:
+        return [f"notices_v{self.version}"]
 
     async def apply(
         self, cur: AsyncCursor[TupleRow], events: Sequence[StoredEvent], *, replaying: bool = False
