@@ -330,6 +330,13 @@ def _commits_ending(plan: InvoicePlan) -> list[TrueUp]:
     invoices (voided ones excepted) spent towards them."""
     customer = plan.customer
     currency, _ = plan.currency
+    ending = [
+        grant
+        for grant in customer.balances.grants.values()
+        if grant.currency == currency and commit_ends_in(grant, plan.period.start, plan.period.end)
+    ]
+    if not ending:
+        return []  # nearly every draft: no need to gather earlier invoices' lines
     earlier_lines = [
         line
         for ref, finalized in customer.finalized.items()
@@ -338,11 +345,7 @@ def _commits_ending(plan: InvoicePlan) -> list[TrueUp]:
         and _other_period(ref, plan.ref)
         for line in finalized.invoice.lines
     ]
-    return [
-        TrueUp(grant, eligible_spend(grant, earlier_lines))
-        for grant in customer.balances.grants.values()
-        if grant.currency == currency and commit_ends_in(grant, plan.period.start, plan.period.end)
-    ]
+    return [TrueUp(grant, eligible_spend(grant, earlier_lines)) for grant in ending]
 
 
 def _other_period(ref: str, this: InvoiceRef) -> bool:
