@@ -349,16 +349,27 @@ class ProjectionRunner:
 
 
 LINKS_MAX: Final = 32
+LINKS_SCANNED_MAX: Final = 4 * LINKS_MAX
 _tracer = trace.get_tracer("accrual.projections")
 
 
 def _call_links(events: Sequence[StoredEvent]) -> list[trace.Link]:
-    """Links to the traces of the calls that wrote these events (the first few)."""
+    """Links to the traces of the calls that wrote these events (the first few).
+
+    A call's events share their metadata, and a batch of events written without
+    tracing has none to find: each distinct metadata is parsed once, and the
+    search stops after a bounded number of them rather than parse a whole batch.
+    """
     links: dict[tuple[str, str], trace.Link] = {}
+    seen: set[bytes] = set()
     for event in events:
-        if len(links) >= LINKS_MAX:
+        if len(links) >= LINKS_MAX or len(seen) >= LINKS_SCANNED_MAX:
             break
-        metadata = json.loads(bytes(event.metadata))
+        raw = bytes(event.metadata)
+        if raw in seen:
+            continue
+        seen.add(raw)
+        metadata = json.loads(raw)
         trace_id, span_id = metadata.get("trace_id"), metadata.get("span_id")
         if trace_id and span_id and (trace_id, span_id) not in links:
             context = trace.SpanContext(

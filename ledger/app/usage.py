@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +23,7 @@ from ledger.store.event_store import PostgresEventStore
 from ledger.store.records import Appended, AppendOutcome, Duplicate, KeyReused, NewEvent
 
 BATCH_EVENTS_MAX: Final = 1_000
+KNOWN_CUSTOMERS_MAX: Final = 100_000  # remembered customer streams, least recent dropped
 Appender = Callable[[Sequence[NewEvent]], Awaitable[list[AppendOutcome]]]
 
 
@@ -75,6 +77,9 @@ class RecordUsage:
         self._metrics = metrics
         self._clock = clock
         self._policy = policy
+        # Customer streams seen to exist. The ledger is append-only, so a customer
+        # once known stays known: later calls for it skip the lookup.
+        self._known_customers: OrderedDict[str, None] = OrderedDict()
 
     async def __call__(self, items: Sequence[UsageInput], ctx: RequestContext) -> list[UsageResult]:
         if len(items) > BATCH_EVENTS_MAX:
@@ -123,7 +128,7 @@ class RecordUsage:
     async def _rejections(self, items: Sequence[UsageInput]) -> list[str | None]:
         now = self._clock()
         customers = {customer_stream(i.customer_id) for i in items if _ids_ok(i)}
-        known_customers = await self._store.stream_versions(customers)
+        known_customers = await self._known(customers)
         metrics = await self._metrics.current()
         rejections: list[str | None] = []
         for item in items:
@@ -142,6 +147,18 @@ class RecordUsage:
                 reason = _non_decimal_quantity(item, metrics.values())
             rejections.append(reason)
         return rejections
+
+    async def _known(self, streams: set[str]) -> set[str]:
+        """Which of the customer streams exist: remembered ones, and a lookup of the rest."""
+        found = {stream for stream in streams if stream in self._known_customers}
+        if missing := streams - found:
+            found |= set(await self._store.stream_versions(missing))
+        for stream in found:
+            self._known_customers[stream] = None
+            self._known_customers.move_to_end(stream)
+        while len(self._known_customers) > KNOWN_CUSTOMERS_MAX:
+            self._known_customers.popitem(last=False)
+        return found
 
     def _new_event(self, item: UsageInput, metadata: Mapping[str, str]) -> NewEvent:
         event = _event(item)

@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any, ClassVar, Final
 
 from ledger.core.alerts import SpendAlert
-from ledger.core.canonical import JsonValue, canonical_dumps, format_instant
+from ledger.core.canonical import JsonValue, canonical_dumps, format_instant, parse_instant
 from ledger.core.catalog import BillableMetric, Contract, Product, RateCardVersion
 from ledger.core.codec import decode, encode
 from ledger.core.contracts import Amendment
@@ -283,6 +283,21 @@ def usage_payload_bytes(event: UsageRecorded) -> bytes:
         "transaction_id": event.transaction_id,
     }
     return canonical_dumps(payload)
+
+
+def usage_from_payload(schema_version: int, payload: dict[str, Any]) -> DomainEvent:
+    """A stored usage payload as its event, built directly: projections, drafts and
+    replays decode usage more than anything else. It must equal
+    :func:`from_payload` (a property test checks); other versions go through it."""
+    if schema_version != UsageRecorded.SCHEMA_VERSION:
+        return from_payload(UsageRecorded.EVENT_TYPE, schema_version, payload)
+    return UsageRecorded(
+        payload["customer_id"],
+        payload["transaction_id"],
+        payload["event_type"],
+        parse_instant(payload["occurred_at"]),
+        dict(payload["properties"]),
+    )
 
 
 def to_payload(event: DomainEvent) -> dict[str, Any]:

@@ -1,13 +1,16 @@
-"""Benchmark: usage ingest against the limit (raw COPY) and a peer (a bare gRPC echo).
+"""Benchmark: usage ingest against the limit (raw COPY), a peer library and gRPC's ceiling.
 
 Run with ``.venv/bin/python tests/bench/bench_ingest.py`` (not part of ``make test``).
 It starts its own embedded PostgreSQL (fsync on) and, in one run, measures:
 
 1. the limit: binary COPY of N usage-event-shaped rows into a scratch copy of
    ``events`` (batches of 5,000 per transaction), rows/s;
-2. the Python gRPC ceiling: a grpc.aio echo service in its own process, called
+2. the peer: the ``eventsourcing`` library's PostgreSQL application recorder
+   appending the same usage payloads in batches of 1,000 from 8 threads,
+   in-process (no RPC at all), events/s;
+3. the Python gRPC ceiling: a grpc.aio echo service in its own process, called
    with 64 calls in flight, calls/s and p50/p99;
-3. Accrual's RecordUsage through a real ``accrual serve`` on the same database:
+4. Accrual's RecordUsage through a real ``accrual serve`` on the same database:
    (a) batches of 1,000 events from 8 concurrent clients, (b) single events with
    64 calls in flight; events/s, p50/p99, the server's peak RSS and CPU.
 
@@ -37,7 +40,9 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -439,6 +444,57 @@ def copy_limit(url: str) -> dict[str, float]:
     return {"rows": COPY_ROWS, "seconds": elapsed, "rows_per_s": COPY_ROWS / elapsed}
 
 
+def eventsourcing_peer(url: str) -> dict[str, float]:
+    """The same usage payloads appended by the ``eventsourcing`` library's PostgreSQL
+    application recorder, 1,000 per transaction (one aggregate each) from 8 threads."""
+    from eventsourcing.persistence import StoredEvent  # noqa: PLC0415 - bench only
+    from eventsourcing.postgres import (  # noqa: PLC0415
+        PostgresApplicationRecorder,
+        PostgresDatastore,
+    )
+
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    datastore = PostgresDatastore(
+        dbname=str(info.get("dbname", "postgres")),
+        host=str(info.get("host", "127.0.0.1")),
+        port=str(info.get("port", "5432")),
+        user=str(info.get("user", "postgres")),
+        password=str(info.get("password", "")),
+        pool_size=BATCH_CLIENTS,
+    )
+    recorder = PostgresApplicationRecorder(datastore, events_table_name="peer_events")
+    recorder.create_table()
+    stop = time.perf_counter() + SECONDS
+
+    def append(worker: int) -> int:
+        written = 0
+        while time.perf_counter() < stop:
+            originator = uuid.uuid4()
+            batch = [
+                StoredEvent(originator, v + 1, "accrual.usage:UsageRecorded", _payload(worker, n))
+                for v, n in enumerate(range(written, written + USAGE_BATCH))
+            ]
+            recorder.insert_events(batch)
+            written += USAGE_BATCH
+        return written
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(BATCH_CLIENTS) as pool:
+        total = sum(pool.map(append, range(BATCH_CLIENTS)))
+    elapsed = time.perf_counter() - started
+    datastore.close()
+    return {"events": total, "seconds": elapsed, "events_per_s": total / elapsed}
+
+
+def _payload(worker: int, n: int) -> bytes:
+    """A usage payload shaped like Accrual's (canonical JSON, about 180 bytes)."""
+    return (
+        f'{{"customer_id":"{customer_id(n)}","event_type":"completion","occurred_at":'
+        f'"2026-11-24T00:00:00.000000Z","properties":{{"model":"small","tokens":"{n % 5000}"}},'
+        f'"transaction_id":"peer-{worker}-{n:012d}"}}'
+    ).encode()
+
+
 def setup_world(address: str, admin: tuple[tuple[str, str], ...]) -> None:
     """A metric, a product and the customers: all RecordUsage needs is a known customer
     (and a metric to check quantities against); no rate card or contract is read."""
@@ -539,7 +595,10 @@ def main() -> int:
             print(f"1. raw binary COPY of {COPY_ROWS:,} rows ...", flush=True)
             figures["copy_limit"] = copy_limit(url)
 
-            print("2. gRPC echo, 64 in flight ...", flush=True)
+            print("2. eventsourcing peer, 8 threads x 1,000/txn ...", flush=True)
+            figures["peer"] = eventsourcing_peer(url)
+
+            print("3. gRPC echo, 64 in flight ...", flush=True)
             echo_port = free_port()
             echo = subprocess.Popen([sys.executable, __file__, "echo", str(echo_port)], cwd=ROOT)
             try:
@@ -569,7 +628,7 @@ def main() -> int:
                 echo.wait(timeout=30)
 
             grpc_port = free_port()
-            print("3. accrual serve ...", flush=True)
+            print("4. accrual serve ...", flush=True)
             with accrual_serve(data_dir, pg_port, grpc_port) as serve:
                 address = f"127.0.0.1:{grpc_port}"
                 wait_port(address, serve)
@@ -625,8 +684,10 @@ def main() -> int:
 
     copy_rate = figures["copy_limit"]["rows_per_s"]
     echo_r, batched, single = figures["echo"], figures["batched"], figures["single"]
+    peer_rate = figures["peer"]["events_per_s"]
     ratios = {
         "batched_vs_copy": batched["events_per_s"] / copy_rate,
+        "batched_vs_peer": batched["events_per_s"] / peer_rate,
         "single_vs_echo": single["events_per_s"] / echo_r["calls_per_s"],
         "single_p99_vs_echo_p99": single["p99_ms"] / echo_r["p99_ms"],
         "batched_p99_vs_echo_p99": batched["p99_ms"] / echo_r["p99_ms"],
@@ -642,14 +703,15 @@ def main() -> int:
     )
     head = (
         f"  {'phase':<42} {'rate/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'vs ref':>16} {'srv CPU%':>8} {'pg CPU%':>8} {'cli CPU%':>8} {'RSS MB':>7}"
+        f"{'vs ref':>22} {'srv CPU%':>8} {'pg CPU%':>8} {'cli CPU%':>8} {'RSS MB':>7}"
     )
     print(head)
     print("  " + "-" * (len(head) - 2))
     print(f"  {'limit: binary COPY, 5,000/txn (rows)':<42} {copy_rate:>10,.0f}")
+    print(f"  {'peer: eventsourcing, 1,000/txn x 8 (events)':<42} {peer_rate:>10,.0f}")
     print(
         f"  {'ceiling: gRPC echo, 64 in flight (calls)':<42} {echo_r['calls_per_s']:>10,.0f} "
-        f"{echo_r['p50_ms']:>8.2f} {echo_r['p99_ms']:>8.2f} {'':>16} "
+        f"{echo_r['p50_ms']:>8.2f} {echo_r['p99_ms']:>8.2f} {'':>22} "
         f"{echo_r['server_cpu_pct']:>8.0f} {'':>8} {echo_r['client_cpu_pct']:>8.0f} "
         f"{mb(echo_r['server_peak_rss_kb']):>7}"
     )
@@ -657,13 +719,13 @@ def main() -> int:
         (
             "RecordUsage 1,000/call, 8 clients",
             batched,
-            f"{ratios['batched_vs_copy']:.1%} of COPY",
+            f"{ratios['batched_vs_copy']:.1%} COPY {ratios['batched_vs_peer']:.1f}x peer",
         ),
         ("RecordUsage 1/call, 64 in flight", single, f"{ratios['single_vs_echo']:.1%} of echo"),
     ):
         print(
             f"  {label + ' (events)':<42} {row['events_per_s']:>10,.0f} {row['p50_ms']:>8.2f} "
-            f"{row['p99_ms']:>8.2f} {versus:>16} {row['server_cpu_pct']:>8.0f} "
+            f"{row['p99_ms']:>8.2f} {versus:>22} {row['server_cpu_pct']:>8.0f} "
             f"{row['postgres_cpu_pct']:>8.0f} {row['client_cpu_pct']:>8.0f} "
             f"{mb(row['server_peak_rss_kb']):>7}"
         )

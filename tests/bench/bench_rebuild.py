@@ -2,8 +2,9 @@
 
 Run with ``make bench`` (not part of ``make test``). It starts its own
 embedded PostgreSQL (fsync on), loads N usage events with a fixed seed,
-rebuilds every projection from seq 0 and verifies the chain, then prints one
-table and writes it with the machine and versions to tests/bench/results/.
+rebuilds every projection from seq 0, verifies the chain, and verifies one big
+invoice by replay (half of all usage is one customer's), then prints one table
+and writes it with the machine and versions to tests/bench/results/.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ledger.app.catalog import MetricInput
+from ledger.app.catalog import MetricInput, RateCardInput
 from ledger.app.context import RequestContext, request_hash
+from ledger.app.customers import ContractInput
 from ledger.app.streams import usage_stream
+from ledger.core.catalog import Product
 from ledger.core.events import UsageRecorded, to_payload
+from ledger.core.rate_specs import RateSpec
 from ledger.store import migrate
 from ledger.store.records import NewEvent
 from ledger.store.verify import verify_ledger
@@ -35,12 +39,17 @@ EVENTS = int(os.environ.get("ACCRUAL_BENCH_EVENTS", "1000000"))
 BATCH = 5_000
 CUSTOMERS = 100
 NOW = datetime(2026, 3, 20, 12, tzinfo=UTC)
+# The app's clock: past the end of March (and its grace), so March can be finalized.
+CLOCK = datetime(2026, 4, 2, tzinfo=UTC)
+BIG = "c0"  # half of all usage: the invoice VerifyInvoice replays
+BIG_INVOICE = "in-c0-c-2"  # its March, the contract starting on 1 February
+MARCH = (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC))
 CTX = RequestContext(actor="bench", reason="benchmark")
 RESULTS = Path(__file__).parent / "results"
 
 
 def usage(rng: random.Random, n: int) -> NewEvent:
-    customer = f"c{n % CUSTOMERS}"
+    customer = BIG if n % 2 == 0 else f"c{n % CUSTOMERS}"
     event = UsageRecorded(
         customer,
         f"t{n}",
@@ -87,7 +96,42 @@ async def measure(app: App) -> dict[str, float]:
     report = await verify_ledger(app.store)
     assert report.ok, report.breach
     figures["verify chain, events/s"] = report.events_checked / (time.perf_counter() - started)
+    figures.update(await verify_invoice(app))
     return figures
+
+
+async def verify_invoice(app: App) -> dict[str, float]:
+    """Finalize the big customer's March, then time VerifyInvoice's replay of it."""
+    await app.catalog.create_product(Product("llm", "LLM", "tokens"), CTX)
+    card = RateCardInput(
+        "list", "List", "USD", None, datetime(2026, 1, 1, tzinfo=UTC),
+        [RateSpec("llm", "per_unit", "0.00002")],
+    )  # fmt: skip
+    draft, _ = await app.catalog.draft_rate_card(card, CTX)
+    approver = dataclasses.replace(CTX, actor="bench-approver")  # prices need two people
+    await app.catalog.approve_draft("list", draft.draft, approver)
+    await app.catalog.publish_draft("list", draft.draft, CTX)
+    starts = datetime(2026, 2, 1, tzinfo=UTC)
+    contract = ContractInput("c0-c", BIG, "list", None, starts, None, None)
+    await app.customers.create_contract(contract, CTX)
+    await app.invoicing.finalize("in-c0-c-1", CTX)  # February first: periods close in order
+    await app.invoicing.finalize(BIG_INVOICE, CTX)
+    async with app.pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM events WHERE stream_id = %s"
+            " AND occurred_at >= %s AND occurred_at < %s",
+            (usage_stream(BIG), *MARCH),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    started = time.perf_counter()
+    check = await app.invoicing.verify_finalized(BIG_INVOICE)
+    elapsed = time.perf_counter() - started
+    assert check.matches
+    return {
+        "verify invoice: events in its period": float(row[0]),
+        "verify invoice, events/s": row[0] / elapsed,
+    }
 
 
 def main() -> int:
@@ -99,7 +143,7 @@ def main() -> int:
             settings = dataclasses.replace(Settings.from_env({}), run_projector=False)
 
             async def run() -> dict[str, float]:
-                async with running_app(settings, url, clock=lambda: NOW) as app:
+                async with running_app(settings, url, clock=lambda: CLOCK) as app:
                     return await measure(app)
 
             figures = asyncio.run(run())

@@ -8,6 +8,7 @@ encoded it, or verifying an older ledger (or a retry) would fail.
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import UTC, datetime, timedelta, timezone
 
 from hypothesis import given
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from ledger.app.usage import usage_key
 from ledger.core.canonical import canonical_json, format_instant, parse_instant
+from ledger.core.events import UsageRecorded, from_payload, usage_from_payload, usage_payload_bytes
 from ledger.store.chain import row_hash
 
 texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=16)
@@ -95,3 +97,28 @@ def test_instants_format_as_strftime_would(instant: datetime) -> None:
     utc = instant.astimezone(UTC)
     assert format_instant(instant) == f"{utc.year:04d}-" + utc.strftime("%m-%dT%H:%M:%S.%fZ")
     assert parse_instant(format_instant(instant)) == utc
+
+
+properties = st.dictionaries(texts, texts, max_size=6)
+
+
+@given(
+    customer_id=texts,
+    transaction_id=texts,
+    event_type=texts,
+    occurred_at=instants,
+    properties=properties,
+)
+def test_usage_is_decoded_as_the_generic_decoder_does(
+    customer_id: str,
+    transaction_id: str,
+    event_type: str,
+    occurred_at: datetime,
+    properties: dict[str, str],
+) -> None:
+    event = UsageRecorded(customer_id, transaction_id, event_type, occurred_at, properties)
+    payload = json.loads(usage_payload_bytes(event))
+    fast = usage_from_payload(UsageRecorded.SCHEMA_VERSION, payload)
+    assert fast == from_payload(UsageRecorded.EVENT_TYPE, UsageRecorded.SCHEMA_VERSION, payload)
+    assert fast == event
+    assert isinstance(fast, UsageRecorded) and fast.occurred_at.tzinfo is UTC
