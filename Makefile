@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 GENERATED := services/api/__init__.py
 PROTOS := $(wildcard protos/accrual/v1/*.proto)
 
-.PHONY: help install protos run test test-reliability test-all lint format bench clean
+.PHONY: help install protos run browser test test-reliability test-all lint format bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -42,13 +42,16 @@ format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint ## Lint, then every test that is not marked slow (real PostgreSQL, real gRPC)
+browser: ## Install Debian's chromium for the statement rendering test, if it is missing
+	scripts/ensure-chromium
+
+test: lint browser ## Lint, then every test that is not marked slow (real PostgreSQL, real gRPC)
 	$(BIN)/pytest -m "not slow"
 
 test-reliability: install ## Faults under load with the history checker, hostile input, and the soak
 	$(BIN)/pytest -m reliability
 
-test-all: lint ## Every test, slow suites included
+test-all: lint browser ## Every test, slow suites included
 	$(BIN)/pytest
 
 bench: install ## Benchmarks on their own database (ACCRUAL_BENCH_EVENTS, default 1,000,000)

@@ -22,6 +22,7 @@ from psycopg.rows import TupleRow
 from ledger.app.billing import (
     InvoicePlan,
     LateUsageSource,
+    customer_ids_at,
     customer_of_invoice,
     late_usage_times,
     load_customer,
@@ -41,6 +42,8 @@ from ledger.core.billing import (
     InvoiceRef,
     begun_periods,
     contract_at,
+    contract_period,
+    current_invoice_id,
     parse_invoice_ref,
     period_number_at,
 )
@@ -98,6 +101,7 @@ class InvoiceView:
     invoice: Invoice
     status: InvoiceStatus
     content_sha256: str
+    written_seq: int = 0  # where the call that returned it wrote (finalize), else 0
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,9 @@ class ReplayCheck:
 
 
 LIST_PAGE_DEFAULT: Final = 12
+# Each draft is priced (rollups, tail, settlement): a report or forecast over many
+# customers is refused past this many rather than holding a snapshot for minutes.
+DRAFTS_PER_CALL_MAX: Final = 500
 LIST_PAGE_MAX: Final = 100
 
 
@@ -145,8 +152,21 @@ class Invoicing:
         """An invoice by id, or the one covering ``at`` for a customer."""
         async with self._snapshot() as conn:
             head = (await read_head(conn)).seq
-            customer, ref = await _locate(conn, invoice_id, customer_id, at, head)
-            return await self._view(conn, customer, ref, head)
+            _, view = await self.view_in(conn, head, invoice_id, customer_id, at)
+            return view
+
+    async def view_in(
+        self,
+        conn: Conn,
+        head: int,
+        invoice_id: str = "",
+        customer_id: str = "",
+        at: datetime | None = None,
+    ) -> tuple[CustomerState, InvoiceView]:
+        """What :meth:`get` answers, read in the caller's snapshot at ``head``, and
+        the customer as of ``head``."""
+        customer, ref = await _locate(conn, invoice_id, customer_id, at, head)
+        return customer, await self._view(conn, customer, ref, head)
 
     async def list(
         self, customer_id: str, page_size: int, page_token: str
@@ -170,6 +190,37 @@ class Invoicing:
             views = [await self._view(conn, customer, ref, head) for ref in page]
             return views, token
 
+    async def drafts_in(
+        self, periods: Span, customer_ids: Sequence[str]
+    ) -> tuple[tuple[Invoice, ...], int]:
+        """The live drafts of every begun, unfinalized period starting in ``[start,
+        end)`` (of the given customers, or all), and the ledger head they are at.
+
+        Each draft is priced from rollups plus the tail, as GetInvoice prices it.
+        """
+        async with self._snapshot() as conn:
+            head = (await read_head(conn)).seq
+            ids = list(customer_ids) or await customer_ids_at(conn, head)
+            open_periods = []
+            for customer_id in ids:
+                customer = await load_customer(conn, customer_id, head)
+                for contract_id, number in begun_periods(customer, self._clock()):
+                    period = contract_period(customer.contracts[contract_id], number)
+                    assert period is not None
+                    current = current_invoice_id(customer, contract_id, number)
+                    if (
+                        periods[0] <= period.start < periods[1]
+                        and current not in customer.finalized
+                    ):
+                        open_periods.append((customer, contract_id, number))
+            check_draft_count(len(open_periods))
+            drafts = []
+            for customer, contract_id, number in open_periods:
+                view = await self.current(conn, customer, contract_id, number, head)
+                if view.status is InvoiceStatus.DRAFT:
+                    drafts.append(view.invoice)
+            return tuple(drafts), head
+
     async def preview(self, request: PreviewRequest) -> InvoiceView:
         """The invoice a customer would get under other prices or usage; writes nothing."""
         pricing = await self._preview_pricing(request)
@@ -183,7 +234,7 @@ class Invoicing:
             )
             if hypothetical is None:
                 invoice = await settle_invoice(
-                    conn, plan, plan.price(await self._usage(conn, plan, head))
+                    conn, plan, plan.price(await self.usage(conn, plan, head))
                 )
             else:
                 # A quote: the hypothetical usage alone, priced; no balances or history.
@@ -235,9 +286,9 @@ class Invoicing:
         command = Command(
             "FinalizeInvoice", {"invoice_id": invoice_id}, Rule.INVOICE_ALREADY_FINALIZED
         )
-        event, _ = await run_command(self._store, ctx, command, decide, self._clock())
+        event, seq = await run_command(self._store, ctx, command, decide, self._clock())
         assert isinstance(event, InvoiceFinalized)
-        return InvoiceView(event.invoice, InvoiceStatus.FINALIZED, event.content_sha256)
+        return InvoiceView(event.invoice, InvoiceStatus.FINALIZED, event.content_sha256, seq)
 
     async def void(self, invoice_id: str, ctx: RequestContext) -> tuple[InvoiceView, str]:
         """Void a finalized invoice, giving back the balance entries it made; the
@@ -296,20 +347,20 @@ class Invoicing:
         if ref.revision < current:
             voided = customer.finalized[ref.invoice_id]
             return InvoiceView(voided.invoice, InvoiceStatus.VOIDED, voided.content_sha256)
-        return await self._current(conn, customer, ref.contract_id, ref.number, head)
+        return await self.current(conn, customer, ref.contract_id, ref.number, head)
 
-    async def _current(
+    async def current(
         self, conn: Conn, customer: CustomerState, contract_id: str, number: int, head: int
     ) -> InvoiceView:
         plan = await plan_invoice(conn, customer, contract_id, number, head)
         finalized = customer.finalized.get(plan.invoice_id)
         if finalized is not None:
             return InvoiceView(finalized.invoice, InvoiceStatus.FINALIZED, finalized.content_sha256)
-        usage = await self._usage(conn, plan, head)
-        invoice = await settle_invoice(conn, plan, plan.price(usage), self._late_times(conn))
+        usage = await self.usage(conn, plan, head)
+        invoice = await settle_invoice(conn, plan, plan.price(usage), self.late_source(conn))
         return InvoiceView(invoice, InvoiceStatus.DRAFT, content_sha256(invoice))
 
-    def _late_times(self, conn: Conn) -> LateUsageSource:
+    def late_source(self, conn: Conn) -> LateUsageSource:
         """Late usage from its projection, and from the ledger beyond its checkpoint."""
 
         async def late(plan: InvoicePlan, after_seq: int) -> list[datetime]:
@@ -324,8 +375,16 @@ class Invoicing:
 
         return late
 
-    async def _usage(self, conn: Conn, plan: InvoicePlan, head: int) -> dict[UsageKey, Tally]:
-        """The period's tallies: rollups where they exist, raw events everywhere else."""
+    async def usage(
+        self,
+        conn: Conn,
+        plan: InvoicePlan,
+        head: int,
+        until: datetime | None = None,
+        since: datetime | None = None,
+    ) -> dict[UsageKey, Tally]:
+        """The period's tallies (of the usage in ``[since, until)``, if given):
+        rollups where they exist, raw events everywhere else."""
         # The live version, read in this snapshot: a swap is atomic for this call.
         rollups = self._rollups(await live_version(conn, UsageRollups.name))
         checkpoint = min(await checkpoint_of(conn, rollups.name, rollups.version), head)
@@ -334,18 +393,9 @@ class Invoicing:
         rolled = [m for m in plan.catalog.metrics.values() if m.metric_id in known]
         # A metric created after the checkpoint has no rollups yet: fold its raw events.
         fresh = [m for m in plan.catalog.metrics.values() if m.metric_id not in known]
-        parts: list[dict[UsageKey, Tally]] = []
-        edge_events: list[StoredEvent] = []
-        for segment in plan.segments:
-            full, edges = _split_hours(segment.period.start, segment.period.end)
-            if full is not None:
-                ids = [m.metric_id for m in rolled]
-                found = await rollups.tallies(conn, plan.customer.customer_id, ids, full)
-                start = segment.period.start
-                parts.append({(start, m, g): t for (m, g), t in found.items()})
-            for edge in edges:
-                edge_events += await read_stream_between(conn, stream, edge, (0, checkpoint))
-        period = (plan.period.start, plan.period.end)
+        end = plan.period.end if until is None else min(plan.period.end, until)
+        period = (plan.period.start if since is None else max(plan.period.start, since), end)
+        parts, edge_events = await _rolled(conn, rollups, plan, rolled, (period, checkpoint))
         parts.append(self._fold(plan, edge_events, rolled))
         if fresh:
             before = await read_stream_between(conn, stream, period, (0, checkpoint))
@@ -362,6 +412,44 @@ class Invoicing:
 
     def _snapshot(self) -> contextlib.AbstractAsyncContextManager[Conn]:
         return snapshot(self._pool)
+
+
+async def _rolled(
+    conn: Conn,
+    rollups: UsageRollups,
+    plan: InvoicePlan,
+    metrics: Sequence[BillableMetric],
+    window: tuple[Span, int],
+) -> tuple[list[dict[UsageKey, Tally]], list[StoredEvent]]:
+    """Each segment's whole hours inside the window from rollups, and the raw
+    events (through the checkpoint) of the partial hours at its edges."""
+    (begin, end), checkpoint = window
+    stream = usage_stream(plan.customer.customer_id)
+    parts: list[dict[UsageKey, Tally]] = []
+    edge_events: list[StoredEvent] = []
+    for segment in plan.segments:
+        first, last = max(segment.period.start, begin), min(segment.period.end, end)
+        if first >= last:
+            continue
+        full, edges = _split_hours(first, last)
+        if full is not None:
+            ids = [m.metric_id for m in metrics]
+            found = await rollups.tallies(conn, plan.customer.customer_id, ids, full)
+            start = segment.period.start
+            parts.append({(start, m, g): t for (m, g), t in found.items()})
+        for edge in edges:
+            edge_events += await read_stream_between(conn, stream, edge, (0, checkpoint))
+    return parts, edge_events
+
+
+def check_draft_count(count: int) -> None:
+    """Refuse a read that would price more drafts than one call may."""
+    if count > DRAFTS_PER_CALL_MAX:
+        raise DomainError(
+            Rule.REPORT_TOO_LARGE,
+            f"this would price {count} open periods; at most {DRAFTS_PER_CALL_MAX} a call:"
+            " name fewer customers or narrow the range",
+        )
 
 
 async def _locate(

@@ -9,24 +9,29 @@ of a period's usage under the metric whenever it was created.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Final
 
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import TupleRow
 
-from ledger.core.canonical import canonical_json
-from ledger.core.catalog import BillableMetric
+from ledger.core.canonical import canonical_json, format_instant
+from ledger.core.catalog import Aggregation, BillableMetric
 from ledger.core.codec import decode, encode
+from ledger.core.errors import DomainError, Rule
 from ledger.core.events import BillableMetricCreated, UsageRecorded, from_payload
-from ledger.core.metering import GroupKey, Latest, Tally, group_of, measure
+from ledger.core.metering import GroupKey, Latest, Running, Tally, group_of, matches
 from ledger.store.records import StoredEvent
 
 BUCKET: Final = timedelta(hours=1)
 BACKFILL_BATCH: Final = 5_000
 
+Span = tuple[datetime, datetime]
 # (customer_id, metric_id, group key JSON, bucket start)
 RollupKey = tuple[str, str, str, datetime]
 
@@ -35,12 +40,44 @@ def bucket_start(instant: datetime) -> datetime:
     return instant.replace(minute=0, second=0, microsecond=0)
 
 
+@functools.lru_cache(maxsize=4096)
 def encode_group(group: GroupKey) -> str:
+    """A group's key column; groups repeat across events, so each is encoded once."""
     return canonical_json(list(group)).decode()
 
 
 def decode_group(text: str) -> GroupKey:
     return tuple(json.loads(text))
+
+
+@dataclass(frozen=True)
+class SeriesQuery:
+    """Which usage to put in a time series, and how finely."""
+
+    span: tuple[datetime, datetime]
+    hourly: bool  # else daily (UTC days)
+    customer_ids: Sequence[str] = ()  # none: every customer
+    metric_ids: Sequence[str] = ()  # none: every metric
+    by_customer: bool = False
+    rows_max: int = 50_000  # refused beyond: the caller narrows the series
+
+
+@dataclass(frozen=True)
+class UsageBucket:
+    """One metric and group's usage in one time bucket (of one customer, or of all:
+    ``customer_id`` is then "")."""
+
+    start: datetime
+    customer_id: str
+    metric_id: str
+    group: GroupKey
+    tally: Tally  # without distinct values: those are counted in the database
+    distinct_count: int = 0
+
+    def quantity(self, aggregation: Aggregation) -> Decimal:
+        if aggregation is Aggregation.UNIQUE:
+            return Decimal(self.distinct_count)
+        return self.tally.quantity(aggregation)
 
 
 class UsageRollups:
@@ -101,7 +138,7 @@ class UsageRollups:
         replaying: bool = False,  # no side effects to suppress
     ) -> None:
         metrics = await self._metrics(cur)
-        pending: dict[RollupKey, Tally] = {}
+        pending: dict[RollupKey, Running] = {}
         for stored in events:
             if stored.event_type == UsageRecorded.EVENT_TYPE:
                 event = stored.domain_event()
@@ -171,6 +208,81 @@ class UsageRollups:
             add(metric_id, group_key, Tally(unbilled={reason: int(count)}))
         return found
 
+    async def series(
+        self, conn: AsyncConnection[TupleRow], query: SeriesQuery
+    ) -> list[UsageBucket]:
+        """Usage per time bucket, metric and group (and customer, if asked), merged
+        from the hourly rows exactly as an invoice merges them."""
+        who = "customer_id" if query.by_customer else "''"
+        keys = f"date_trunc(%s, bucket_start, 'UTC') AS b, {who} AS who, metric_id, group_key"
+        where = (
+            " WHERE bucket_start >= %s AND bucket_start < %s"
+            " AND (cardinality(%s::text[]) = 0 OR customer_id = ANY(%s::text[]))"
+            " AND (cardinality(%s::text[]) = 0 OR metric_id = ANY(%s::text[]))"
+        )
+        args = (
+            "hour" if query.hourly else "day",
+            *query.span,
+            *(list(query.customer_ids),) * 2,
+            *(list(query.metric_ids),) * 2,
+        )
+        found: dict[tuple[datetime, str, str, str], Tally] = {}
+
+        def add(key: tuple[datetime, str, str, str], tally: Tally) -> None:
+            found[key] = found[key].merge(tally) if key in found else tally
+
+        cur = await conn.execute(
+            f"SELECT {keys}, sum(event_count), sum(total), max(maximum) FROM {self.rollups}"
+            f"{where} GROUP BY 1, 2, 3, 4 LIMIT %s",
+            (*args, query.rows_max + 1),
+        )
+        rows = await cur.fetchall()
+        if len(rows) > query.rows_max:
+            message = f"the series has more than {query.rows_max} rows: narrow its range,"
+            raise DomainError(Rule.REPORT_TOO_LARGE, message + " metrics or customers")
+        for b, c, m, g, count, total, maximum in rows:
+            add((b, c, m, g), Tally(count=int(count), total=total, maximum=maximum))
+        cur = await conn.execute(
+            f"SELECT DISTINCT ON (1, 2, 3, 4) {keys}, latest_at, latest_seq, latest_value"
+            f" FROM {self.rollups}{where} AND latest_at IS NOT NULL"
+            " ORDER BY 1, 2, 3, 4, latest_at DESC, latest_seq DESC",
+            args,
+        )
+        for b, c, m, g, at, seq, value in await cur.fetchall():
+            add((b, c, m, g), Tally(latest=Latest(at.astimezone(UTC), seq, value)))
+        cur = await conn.execute(
+            f"SELECT {keys}, count(DISTINCT value) FROM {self.distinct}{where} GROUP BY 1, 2, 3, 4",
+            args,
+        )
+        distinct = {(b, c, m, g): int(n) for b, c, m, g, n in await cur.fetchall()}
+        buckets = [
+            UsageBucket(
+                b.astimezone(UTC), c, m, decode_group(g), tally, distinct.get((b, c, m, g), 0)
+            )
+            for (b, c, m, g), tally in found.items()
+        ]
+        return sorted(buckets, key=lambda u: (u.start, u.customer_id, u.metric_id, u.group))
+
+    async def events_before(
+        self, conn: AsyncConnection[TupleRow], customer_id: str, span: Span, cut: datetime
+    ) -> tuple[int, int]:
+        """A customer's measured events in ``span``: those in hours starting before
+        ``cut``, and all of them (an event two metrics measure counts twice)."""
+        cur = await conn.execute(
+            "SELECT coalesce(sum(event_count) FILTER (WHERE bucket_start < %s), 0),"
+            f" coalesce(sum(event_count), 0) FROM {self.rollups}"
+            " WHERE customer_id = %s AND bucket_start >= %s AND bucket_start < %s",
+            (cut, customer_id, *span),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    async def metric_definitions(self, conn: AsyncConnection[TupleRow]) -> list[BillableMetric]:
+        """The metrics this projection has met, as defined."""
+        async with conn.cursor() as cur:
+            return await self._metrics(cur)
+
     async def _metrics(self, cur: AsyncCursor[TupleRow]) -> list[BillableMetric]:
         await cur.execute(f"SELECT definition FROM {self.metrics} ORDER BY metric_id")
         return [decode(BillableMetric, json.loads(row[0])) for row in await cur.fetchall()]
@@ -199,7 +311,7 @@ class UsageRollups:
             rows = await cur.fetchall()
             if not rows:
                 return
-            pending: dict[RollupKey, Tally] = {}
+            pending: dict[RollupKey, Running] = {}
             for row_seq, schema_version, payload in rows:
                 after = row_seq
                 # Through the upcasters, as every other reader of stored events.
@@ -223,18 +335,21 @@ class UsageRollups:
             tuple(list(column) for column in zip(*rows, strict=True)),
         )
 
-    async def _flush(self, cur: AsyncCursor[TupleRow], pending: dict[RollupKey, Tally]) -> None:
+    async def _flush(self, cur: AsyncCursor[TupleRow], pending: dict[RollupKey, Running]) -> None:
         if not pending:
             return
         keys = list(pending)
-        tallies = [pending[key] for key in keys]
+        tallies = [pending[key].tally() for key in keys]
+        # One JSON text instead of ten typed arrays: the driver dumps arrays value
+        # by value in Python, json.dumps does it in C (a rebuild writes about a row
+        # per hour, metric, group and customer).
         await cur.execute(
             f"INSERT INTO {self.rollups} AS r"
             " (customer_id, metric_id, group_key, bucket_start, event_count, total, maximum,"
             " latest_at, latest_seq, latest_value)"
-            " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[],"
-            " %s::bigint[], %s::numeric[], %s::numeric[],"
-            " %s::timestamptz[], %s::bigint[], %s::numeric[])"
+            " SELECT x->>0, x->>1, x->>2, (x->>3)::timestamptz, (x->>4)::bigint,"
+            " (x->>5)::numeric, (x->>6)::numeric, (x->>7)::timestamptz, (x->>8)::bigint,"
+            " (x->>9)::numeric FROM json_array_elements(%s::json) AS x"
             " ON CONFLICT (customer_id, metric_id, bucket_start, group_key) DO UPDATE SET"
             " event_count = r.event_count + excluded.event_count,"
             " total = r.total + excluded.total,"
@@ -245,18 +360,7 @@ class UsageRollups:
             "     (r.latest_at, r.latest_seq, r.latest_value),"
             "     (excluded.latest_at, excluded.latest_seq, excluded.latest_value)"
             "   ) AS l(at, seq, value) ORDER BY l.at DESC NULLS LAST, l.seq DESC LIMIT 1)",
-            (
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-                [k[2] for k in keys],
-                [k[3] for k in keys],
-                [t.count for t in tallies],
-                [t.total for t in tallies],
-                [t.maximum for t in tallies],
-                [t.latest.occurred_at if t.latest else None for t in tallies],
-                [t.latest.seq if t.latest else None for t in tallies],
-                [t.latest.value if t.latest else None for t in tallies],
-            ),
+            (json.dumps([_rollup_row(k, t) for k, t in zip(keys, tallies, strict=True)]),),
         )
         await self._flush_distinct(cur, keys, tallies)
         unbilled = [
@@ -283,6 +387,28 @@ class UsageRollups:
             )
 
 
+def _rollup_row(key: RollupKey, tally: Tally) -> list[object]:
+    """A rollup row as JSON values: decimals as exact strings, instants as text."""
+    latest = tally.latest
+    return [
+        key[0],
+        key[1],
+        key[2],
+        _instant_text(key[3]),
+        tally.count,
+        str(tally.total),
+        None if tally.maximum is None else str(tally.maximum),
+        None if latest is None else format_instant(latest.occurred_at),
+        None if latest is None else latest.seq,
+        None if latest is None else str(latest.value),
+    ]
+
+
+@functools.lru_cache(maxsize=4096)
+def _instant_text(bucket: datetime) -> str:
+    return format_instant(bucket)  # hours repeat across a batch's rows
+
+
 def _distinct_rows(
     keys: list[RollupKey], tallies: list[Tally]
 ) -> list[tuple[str, str, str, datetime, str]]:
@@ -292,15 +418,16 @@ def _distinct_rows(
 
 
 def _accumulate(
-    pending: dict[RollupKey, Tally],
+    pending: dict[RollupKey, Running],
     seq: int,
     event: UsageRecorded,
     metrics: Iterable[BillableMetric],
 ) -> None:
     for metric in metrics:
-        tally = measure(metric, event, seq)
-        if tally is None:
+        if not matches(metric, event):
             continue
         group = encode_group(group_of(metric, event.properties))
         key = (event.customer_id, metric.metric_id, group, bucket_start(event.occurred_at))
-        pending[key] = pending[key].merge(tally) if key in pending else tally
+        if key not in pending:
+            pending[key] = Running()
+        pending[key].add(metric, event, seq)

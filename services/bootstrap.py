@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from ledger.app.alerts import SpendAlerts
 from ledger.app.balances import BalanceCommands
 from ledger.app.catalog import CatalogCommands, MetricRegistry
+from ledger.app.costs import ProductCosts
 from ledger.app.customers import CustomerCommands
 from ledger.app.security import AccessAudit
 from ledger.app.usage import RecordUsage
@@ -29,8 +30,12 @@ from projections.auditing import Auditing
 from projections.balances import BalanceProjection, Balances
 from projections.engine import ProjectionFactory, ProjectionRunner
 from projections.entitlements import EntitlementProjection, Entitlements
+from projections.forecasting import Forecasting
 from projections.invoicing import Invoicing
 from projections.late_usage import LateUsage
+from projections.reporting import Reporting
+from projections.revenue import RevenueProjection
+from projections.statements import Statements
 from projections.usage_rollups import UsageRollups
 from services.alerting import AlertFollower, current_spend
 from services.auth.credentials import CredentialStore
@@ -64,6 +69,10 @@ class App:
     grants: BalanceCommands
     balances: Balances
     entitlements: Entitlements
+    reporting: Reporting
+    forecasting: Forecasting
+    statements: Statements
+    costs: ProductCosts
 
 
 # The projection runner holds two connections (its leases, its listener) and
@@ -77,6 +86,7 @@ PROJECTIONS: Final[dict[str, ProjectionFactory]] = {
     LateUsage.name: LateUsage,
     BalanceProjection.name: BalanceProjection,
     EntitlementProjection.name: EntitlementProjection,
+    RevenueProjection.name: RevenueProjection,
 }
 
 
@@ -123,6 +133,10 @@ def wire(
         grants=BalanceCommands(store, clock),
         balances=Balances(pool, store=store, projection=BalanceProjection),
         entitlements=Entitlements(pool, store=store, clock=clock, projection=EntitlementProjection),
+        reporting=Reporting(pool, store=store, invoicing=invoicing),
+        forecasting=Forecasting(pool, invoicing=invoicing, clock=clock),
+        statements=Statements(pool, store=store, invoicing=invoicing, clock=clock),
+        costs=ProductCosts(store, clock),
     )
 
 

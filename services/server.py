@@ -29,6 +29,8 @@ from services.api.accrual.v1 import (
     contracts_pb2_grpc,
     invoices_pb2,
     invoices_pb2_grpc,
+    reports_pb2,
+    reports_pb2_grpc,
     usage_pb2,
     usage_pb2_grpc,
 )
@@ -47,6 +49,7 @@ from services.servicers.balances import BalanceServicer
 from services.servicers.catalog import CatalogServicer
 from services.servicers.contracts import ContractServicer
 from services.servicers.invoices import InvoiceServicer
+from services.servicers.reports import ReportingServicer
 from services.servicers.usage import UsageServicer
 
 # Liveness, unlike readiness, stays SERVING while the database is away: a pod that
@@ -63,6 +66,7 @@ SERVICE_NAMES: Final = (
     invoices_pb2.DESCRIPTOR.services_by_name["InvoiceService"].full_name,
     alerts_pb2.DESCRIPTOR.services_by_name["AlertService"].full_name,
     balances_pb2.DESCRIPTOR.services_by_name["BalanceService"].full_name,
+    reports_pb2.DESCRIPTOR.services_by_name["ReportingService"].full_name,
 )
 
 _log = structlog.get_logger("accrual.server")
@@ -121,6 +125,9 @@ def create_server(app: App, address: str, interceptors: Sequence[object] = ()) -
     alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertServicer(app.alerts), server)
     balances_pb2_grpc.add_BalanceServiceServicer_to_server(
         BalanceServicer(app.grants, app.balances, app.entitlements), server
+    )
+    reports_pb2_grpc.add_ReportingServiceServicer_to_server(
+        ReportingServicer(app.reporting, app.forecasting, app.statements, app.costs), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -85,3 +85,13 @@ def database_url(server_url: str, template_url: str) -> Iterator[str]:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+@pytest.fixture
+def accrual_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The CLI's environment: the test database and no other ACCRUAL_* setting."""
+    for name in list(os.environ):
+        if name.startswith("ACCRUAL_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ACCRUAL_DATABASE_URL", database_url)
+    return database_url

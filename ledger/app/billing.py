@@ -8,6 +8,7 @@ invoice's position sees exactly what finalization saw.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -38,9 +39,11 @@ from ledger.core.errors import DomainError, Rule
 from ledger.core.events import (
     BillableMetricCreated,
     ContractRegistered,
+    CustomerCreated,
     ProductCreated,
     RateCardPublished,
     UsageRecorded,
+    usage_from_payload,
 )
 from ledger.core.invoice import Invoice, InvoiceLine
 from ledger.core.metering import Sequenced, Tally, UsageKey, fold_usage, merge_tallies
@@ -54,7 +57,12 @@ from ledger.core.settlement import (
     settle,
     true_up_lines,
 )
-from ledger.store.event_store import iter_stream_between, read_stream_recorded_after, read_streams
+from ledger.store.event_store import (
+    iter_payloads_between,
+    read_stream_recorded_after,
+    read_streams,
+    read_types_at,
+)
 from ledger.store.records import StoredEvent
 
 Conn = AsyncConnection[TupleRow]
@@ -106,6 +114,17 @@ async def load_customer(conn: Conn, customer_id: str, through_seq: int) -> Custo
     if not state.exists:
         raise DomainError(Rule.CUSTOMER_NOT_FOUND, f"no customer {customer_id!r}")
     return state
+
+
+async def customer_ids_at(conn: Conn, through_seq: int) -> list[str]:
+    """Every customer created through ``through_seq``, in creation order."""
+    created = await read_types_at(conn, [CustomerCreated.EVENT_TYPE], through_seq)
+    ids = []
+    for stored in created:
+        event = stored.domain_event()
+        assert isinstance(event, CustomerCreated)
+        ids.append(event.customer_id)
+    return ids
 
 
 async def customer_of_invoice(conn: Conn, ref: str, through_seq: int) -> tuple[str, str, int]:
@@ -224,17 +243,26 @@ async def replay_invoice(
 
 
 async def fold_period(
-    conn: Conn, plan: InvoicePlan, seqs: tuple[int, int]
+    conn: Conn, plan: InvoicePlan, seqs: tuple[int, int], until: datetime | None = None
 ) -> dict[UsageKey, Tally]:
-    """Tallies of the plan's period from raw usage events with seq in ``(lo, hi]``."""
+    """Tallies of the plan's period (up to ``until``, if given) from raw usage
+    events with seq in ``(lo, hi]``."""
     stream = usage_stream(plan.customer.customer_id)
     metrics = list(plan.catalog.metrics.values())
     tallies: dict[UsageKey, Tally] = {}
-    period = (plan.period.start, plan.period.end)
-    async for batch in iter_stream_between(conn, stream, period, seqs):
-        folded = fold_usage(sequenced(batch), metrics, plan.segment_starts, plan.period.end)
+    end = plan.period.end if until is None else min(until, plan.period.end)
+    period = (plan.period.start, end)
+    async for batch in iter_payloads_between(conn, stream, period, seqs):
+        usage = (_usage_at(seq, version, payload) for seq, version, payload in batch)
+        folded = fold_usage(usage, metrics, plan.segment_starts, plan.period.end)
         tallies = merge_tallies(tallies, folded)
     return tallies
+
+
+def _usage_at(seq: int, schema_version: int, payload: bytes) -> Sequenced:
+    event = usage_from_payload(schema_version, json.loads(payload))
+    assert isinstance(event, UsageRecorded)
+    return Sequenced(seq, event)
 
 
 def sequenced(rows: Iterable[StoredEvent]) -> Iterator[Sequenced]:

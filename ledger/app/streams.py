@@ -11,6 +11,11 @@ def product_stream(product_id: str) -> str:
     return f"product-{product_id}"
 
 
+def product_cost_stream(product_id: str) -> str:
+    """The unit costs set for a product over time."""
+    return f"productcost-{product_id}"
+
+
 def rate_card_stream(rate_card_id: str) -> str:
     """Stream version n is rate card version n."""
     return f"ratecard-{rate_card_id}"

@@ -65,6 +65,7 @@ class Rule(Enum):
     GRANT_EXISTS = ("grant_exists", Kind.EXISTS)
     CONTRACT_REQUIRED = ("customer_has_no_contract", Kind.PRECONDITION)
     SPEND_ALERT_EXISTS = ("spend_alert_exists", Kind.EXISTS)
+    REPORT_TOO_LARGE = ("report_too_large", Kind.PRECONDITION)
 
     def __init__(self, code: str, kind: Kind) -> None:
         self.code = code

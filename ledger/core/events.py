@@ -56,6 +56,19 @@ class ProductCreated(DomainEvent):
 
 
 @dataclass(frozen=True)
+class ProductCostSet(DomainEvent):
+    """What one unit of a product costs to provide, from ``effective_from`` on
+    (cost of goods, for margins); a later setting for the same instant wins."""
+
+    EVENT_TYPE: ClassVar[str] = "ProductCostSet"
+
+    product_id: str
+    currency: str
+    unit_cost: Decimal
+    effective_from: datetime
+
+
+@dataclass(frozen=True)
 class RateCardPublished(DomainEvent):
     EVENT_TYPE: ClassVar[str] = "RateCardPublished"
 
@@ -245,6 +258,7 @@ EVENT_CLASSES: Final[dict[str, type[DomainEvent]]] = {
         UsageRecorded,
         BillableMetricCreated,
         ProductCreated,
+        ProductCostSet,
         RateCardPublished,
         RateCardDrafted,
         RateCardDraftApproved,

@@ -93,6 +93,11 @@ def zero(decimals: int) -> Decimal:
     return round_amount(Decimal(0), decimals)
 
 
+def is_currency_code(code: str) -> bool:
+    """An ISO currency or the shape of a custom pricing unit's name."""
+    return code in ISO_CURRENCY_DECIMALS or _CUSTOM_UNIT.fullmatch(code) is not None
+
+
 def currency_decimals(code: str, declared_decimals: int | None) -> int:
     """Places of an ISO currency, or of a custom pricing unit that declares them."""
     if code in ISO_CURRENCY_DECIMALS:
@@ -113,6 +118,7 @@ __all__ = [
     "EXACT",
     "DomainError",
     "currency_decimals",
+    "is_currency_code",
     "is_decimal_text",
     "parse_decimal",
     "round_amount",

@@ -7,7 +7,7 @@ by field path, so a caller fixes a request in one round trip.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -38,6 +38,21 @@ def check_id(violations: Violations, field: str, value: str) -> None:
         violations.add(field, "is required")
     elif not ID_PATTERN.fullmatch(value):
         violations.add(field, "must be 1-128 letters, digits or _.:@+=- starting alphanumeric")
+
+
+IDS_MAX: Final = 1_000
+
+
+def check_ids(violations: Violations, field: str, ids: Sequence[str]) -> None:
+    """A filter naming ids: each a valid id, and not too many of them."""
+    if len(ids) > IDS_MAX:
+        violations.add(field, f"names more than {IDS_MAX}")
+    seen: set[str] = set()
+    for index, value in enumerate(ids[:IDS_MAX]):
+        check_id(violations, f"{field}[{index}]", value)
+        if value in seen:  # a customer named twice would be counted twice
+            violations.add(f"{field}[{index}]", f"{value[:40]!r} is named twice")
+        seen.add(value)
 
 
 def check_name(violations: Violations, field: str, value: str) -> None:

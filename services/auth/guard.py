@@ -178,6 +178,8 @@ def _customers_named(request: Any) -> set[str]:
             named.add(getattr(request, holder).customer_id)
     if "customer_id" in fields and request.customer_id:
         named.add(request.customer_id)
+    if "customer_ids" in fields:  # reports: a scoped principal must name its customers
+        named |= set(request.customer_ids)
     return named
 
 

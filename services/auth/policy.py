@@ -52,6 +52,14 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "/accrual.v1.BalanceService/GetBalances": _READERS,
     # Ingest services ask before serving usage.
     "/accrual.v1.BalanceService/CheckEntitlement": _READERS | {"ingest"},
+    "/accrual.v1.ReportingService/GetRevenueReport": _READERS,
+    "/accrual.v1.ReportingService/GetUsageReport": _READERS,
+    "/accrual.v1.ReportingService/GetForecasts": _READERS,
+    "/accrual.v1.ReportingService/GetStatement": _READERS,
+    # Costs of goods are finance's figures, kept beside the prices they set.
+    "/accrual.v1.ReportingService/SetProductCost": frozenset(
+        {"pricing-author", "billing-operator"}
+    ),
 }
 
 

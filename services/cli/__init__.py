@@ -1,5 +1,5 @@
 """The ``accrual`` command: serve, migrate, project, projections, replay, verify, digest,
-simulate, audit, tokens, certs."""
+simulate, audit, tokens, certs, report, statement."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from services.cli.access import add_commands as add_access_commands
 from services.cli.audit import add_commands as add_audit_commands
 from services.cli.operate import add_commands as add_operating_commands
 from services.cli.projections import add_commands as add_projection_commands
+from services.cli.reporting import add_commands as add_reporting_commands
 from services.config import ConfigError, Settings
 from services.logs import configure_logging
 
@@ -23,6 +24,7 @@ def parser() -> argparse.ArgumentParser:
     add_audit_commands(commands)
     add_projection_commands(commands)
     add_access_commands(commands)
+    add_reporting_commands(commands)
     return root
 
 

@@ -14,6 +14,7 @@ import psycopg
 from ledger.store import migrate
 from services.auth import credentials
 from services.auth.principals import ROLES
+from services.cli.reports import table
 from services.cli.runtime import database
 from services.config import Settings
 
@@ -90,7 +91,7 @@ def list_tokens_command(settings: Settings, _: argparse.Namespace) -> int:
         for token in tokens
     ]
     headers = ("id", "principal", "roles", "customers", "created", "expires", "revoked", "note")
-    print(_table(headers, rows))
+    print(table(headers, rows))
     return 0
 
 
@@ -133,7 +134,7 @@ def list_certificates_command(settings: Settings, _: argparse.Namespace) -> int:
         )
         for cert in allowed
     ]
-    print(_table(("common name", "roles", "customers", "created", "note"), rows))
+    print(table(("common name", "roles", "customers", "created", "note"), rows))
     return 0
 
 
@@ -153,14 +154,6 @@ def _customer_cell(customers: Sequence[str] | None) -> str:
 
 def _when(instant: datetime | None) -> str:
     return "-" if instant is None else instant.astimezone(UTC).strftime("%Y-%m-%d %H:%MZ")
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (headers, *rows)
-    )
 
 
 def _grant_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ledger.app.audit import ReplayedInvoice, SimulationRow
 from ledger.core.canonical import canonical_json, format_decimal, format_instant
@@ -39,6 +39,24 @@ def replayed_json(item: ReplayedInvoice) -> dict[str, object]:
         "matches": item.matches,
         "invoice": encode(item.invoice),
     }
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, two spaces apart."""
+    every = [tuple(headers), *(tuple(row) for row in rows)]
+    widths = [max(len(cell) for cell in column) for column in zip(*every, strict=True)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in every
+    )
+
+
+def csv_text(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(headers)
+    writer.writerows(rows)
+    return out.getvalue()
 
 
 def json_line(kind: str, body: dict[str, object]) -> str:
@@ -102,18 +120,11 @@ SIMULATION_COLUMNS = (
 
 
 def simulation_csv(rows: Iterable[SimulationRow]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(SIMULATION_COLUMNS)
-    for row in rows:
-        writer.writerow(_simulation_cells(row))
-    return out.getvalue()
+    return csv_text(SIMULATION_COLUMNS, (_simulation_cells(row) for row in rows))
 
 
 def simulation_table(rows: list[SimulationRow], totals: dict[str, tuple[object, object]]) -> str:
-    cells = [SIMULATION_COLUMNS, *(_simulation_cells(row) for row in rows)]
-    widths = [max(len(str(r[i])) for r in cells) for i in range(len(SIMULATION_COLUMNS))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines = [table(SIMULATION_COLUMNS, (_simulation_cells(row) for row in rows))]
     for currency, (current, simulated) in sorted(totals.items()):
         delta = simulated - current  # type: ignore[operator]
         lines.append(f"total {currency}: current {current}, simulated {simulated}, delta {delta}")

@@ -13,7 +13,9 @@ from services.request import request_context
 
 
 def _message(view: InvoiceView) -> invoices_pb2.Invoice:
-    return invoice_message(view.invoice, view.status.value, view.content_sha256)
+    message = invoice_message(view.invoice, view.status.value, view.content_sha256)
+    message.consistency_token = view.written_seq
+    return message
 
 
 class InvoiceServicer(invoices_pb2_grpc.InvoiceServiceServicer):

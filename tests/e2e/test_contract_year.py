@@ -202,6 +202,8 @@ def finalize(y: Year, number: int, revision: int = 0) -> invoices_pb2.Invoice:
     )
     final: invoices_pb2.Invoice = y.api.invoices.FinalizeInvoice(request)
     assert final.status == "FINALIZED"
+    assert final.consistency_token > final.computed_through_seq  # where it was written
+    final.ClearField("consistency_token")  # the reply's alone: GetInvoice has none
     return final
 
 

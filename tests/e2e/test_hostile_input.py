@@ -22,6 +22,8 @@ runs derandomized, so CI sees the same examples every time.
 from __future__ import annotations
 
 import dataclasses
+import html
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -51,6 +53,8 @@ from services.api.accrual.v1 import (
     contracts_pb2_grpc,
     invoices_pb2,
     invoices_pb2_grpc,
+    reports_pb2,
+    reports_pb2_grpc,
     usage_pb2,
     usage_pb2_grpc,
 )
@@ -1795,6 +1799,409 @@ def test_list_spend_alerts(h: Hostile, customer_id: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# ReportingService
+
+# Reports read every customer in the world, the decades-old contracts above and whatever
+# the fuzzing created included: each must still answer (or refuse) within the deadline.
+DIMENSIONS: Final = tuple(reports_pb2.ReportDimension.values())  # 0 (unspecified) .. 7
+REAL_DIMENSIONS: Final = tuple(d for d in DIMENSIONS if d != 0)
+SOURCES: Final = tuple(reports_pb2.RevenueSource.values())  # 0, 1, 2
+BUCKETS_MAX: Final = 2_232  # the server refuses longer usage series with INVALID_ARGUMENT
+PAST_PERIODS_MAX: Final = 24
+DAY: Final = timedelta(days=1)
+HOUR: Final = timedelta(hours=1)
+# A money amount as the API writes it: a plain decimal string.
+DECIMAL_STRING: Final = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
+
+
+def reports_api(h: Hostile) -> reports_pb2_grpc.ReportingServiceStub:
+    return reports_pb2_grpc.ReportingServiceStub(h.server.channel)
+
+
+def _datetime(stamp: Timestamp | None) -> datetime | None:
+    """The instant, if a datetime can hold it (hostile timestamps may lie far outside)."""
+    if stamp is None or not 0 <= stamp.seconds < 32_000_000_000 or not 0 <= stamp.nanos < 10**9:
+        return None
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def ends_before(start: Timestamp | None) -> st.SearchStrategy[Timestamp | None]:
+    """An end at or before ``start``: an empty or backwards range."""
+    begin = _datetime(start)
+    if begin is None:
+        return st.none()
+    return st.one_of(
+        st.just(start), st.integers(1, 3_000).map(lambda days: ts(begin - timedelta(days=days)))
+    )
+
+
+def id_filters(*existing: str) -> st.SearchStrategy[list[str]]:
+    """Hostile id filters: hostile ids, duplicates, and lists around the 1,000 allowed."""
+    return st.one_of(
+        bad_lists,
+        st.lists(ids(*existing), min_size=1, max_size=4),
+        st.sampled_from((999, 1_000, 1_001, 2_000)).map(lambda n: [existing[0]] * n),
+        st.sampled_from((1_000, 1_001, 2_000)).map(
+            lambda n: [f"{existing[i % len(existing)]}-{i}" for i in range(n)]
+        ),
+    )
+
+
+known_customer_filters = st.lists(st.sampled_from(ALL_CUSTOMERS), max_size=3, unique=True)
+bad_customer_filters = id_filters(*ALL_CUSTOMERS)
+REVENUE_FIELDS: Final = (
+    "period_start",
+    "period_end",
+    "group_by",
+    "source",
+    "customer_ids",
+    "consistency_token",
+)
+bad_dimensions = st.one_of(
+    st.lists(
+        st.one_of(st.sampled_from((*DIMENSIONS, 8, 99, -1)), bad_int32s), min_size=1, max_size=8
+    ),
+    st.tuples(st.sampled_from(REAL_DIMENSIONS), st.integers(2, 50)).map(lambda dn: [dn[0]] * dn[1]),
+    st.integers(8, 2_000).map(lambda n: [REAL_DIMENSIONS[i % 7] for i in range(n)]),
+)
+
+
+@st.composite
+def revenue_requests(draw: st.DrawFn) -> reports_pb2.GetRevenueReportRequest:
+    field = Fields(draw, REVENUE_FIELDS)
+    request = reports_pb2.GetRevenueReportRequest(
+        group_by=field(
+            "group_by",
+            st.lists(st.sampled_from(REAL_DIMENSIONS), max_size=4, unique=True),
+            bad_dimensions,
+        ),
+        source=field(
+            "source", st.sampled_from(SOURCES), st.one_of(st.sampled_from((3, -1, 99)), bad_int32s)
+        ),
+        customer_ids=field("customer_ids", known_customer_filters, bad_customer_filters),
+        consistency_token=field("consistency_token", st.integers(0, 5), bad_int64s),
+    )
+    start, end = sorted((draw(instants), draw(instants)), key=lambda t: t.ToNanoseconds())
+    start = field("period_start", st.just(start), bad_times)
+    set_time(request, "period_start", start)
+    set_time(
+        request,
+        "period_end",
+        field("period_end", st.just(end), st.one_of(bad_times, ends_before(start))),
+    )
+    return request
+
+
+def _revenue_request(**fields: Any) -> reports_pb2.GetRevenueReportRequest:
+    """A revenue request over every period the API can name, the worst case."""
+    request = reports_pb2.GetRevenueReportRequest(**fields)
+    set_time(request, "period_start", ts(EPOCH))
+    set_time(request, "period_end", ts(LAST_INSTANT))
+    return request
+
+
+@FUZZ
+@given(request=revenue_requests())
+@example(request=_revenue_request(source=reports_pb2.REVENUE_SOURCE_DRAFT))
+@example(request=_revenue_request(group_by=REAL_DIMENSIONS))
+@example(
+    request=_revenue_request(
+        source=reports_pb2.REVENUE_SOURCE_DRAFT,
+        group_by=REAL_DIMENSIONS,
+        customer_ids=[FUZZ_NAME] * 1_000,
+    )
+)
+@example(request=_revenue_request(customer_ids=[FUZZ_NAME] * 2_000))
+@example(  # a customer named twice
+    request=_revenue_request(
+        source=reports_pb2.REVENUE_SOURCE_DRAFT, customer_ids=[FUZZ_NAME, FUZZ_NAME]
+    )
+)
+@example(request=_revenue_request(group_by=[99, -1, 0, 0]))
+def test_get_revenue_report(h: Hostile, request: reports_pb2.GetRevenueReportRequest) -> None:
+    if not fits(request):
+        return
+    report = call(h, reports_api(h).GetRevenueReport, request, read_only=True)
+    if report is None:
+        return
+    rows: dict[str, Decimal] = {}
+    with localcontext(Context(prec=200)):  # amounts run to 60 digits: add them exactly
+        for row in report.rows:
+            assert DECIMAL_STRING.fullmatch(row.amount.amount), row
+            assert len(row.keys) == len(request.group_by), row
+            currency = row.amount.currency
+            rows[currency] = rows.get(currency, Decimal(0)) + Decimal(row.amount.amount)
+    totals = {t.currency: Decimal(t.subtotal.amount) for t in report.totals}
+    for currency in rows.keys() | totals.keys():
+        # The report's promise: its rows add up to its invoices' own sums, to the cent.
+        assert rows.get(currency, Decimal(0)) == totals.get(currency, Decimal(0)), (
+            currency,
+            rows,
+            totals,
+        )
+    distinct = list(dict.fromkeys(request.customer_ids))
+    if len(distinct) < len(request.customer_ids):
+        # A customer named twice is still one customer: its invoices count once.
+        once = reports_pb2.GetRevenueReportRequest()
+        once.CopyFrom(request)
+        once.customer_ids[:] = distinct
+        again = call(h, reports_api(h).GetRevenueReport, once, read_only=True)
+        if again is not None:
+            assert list(report.totals) == list(again.totals), (distinct[:3], report.totals)
+
+
+def test_revenue_of_extreme_amounts_adds_up_exactly(h: Hostile) -> None:
+    """Prices and quantities of 20 integer digits (the API takes them, and bills them to
+    the cent): each revenue report's rows and totals are its invoices' sums, exactly."""
+    price, quantity = "12345678901234567890.12", "98765432109876543210.5"
+    world = setup_world(h.server, name=f"hx-{uuid.uuid4().hex[:12]}", unit_price=price)
+    at = world.first_period_instant
+    world.record(
+        world.event("t-1", quantity, at),
+        world.event("t-2", "1", at),
+        world.event("t-3", quantity, world.now - timedelta(days=1)),
+    )
+    finalized = h.api.invoices.FinalizeInvoice(
+        invoices_pb2.FinalizeInvoiceRequest(invoice_id=world.invoice_at(at).invoice_id),
+        timeout=DEADLINE_S,
+    )
+    draft = world.invoice_at(world.now)
+    for source, invoice in (
+        (reports_pb2.REVENUE_SOURCE_FINALIZED, finalized),
+        (reports_pb2.REVENUE_SOURCE_DRAFT, draft),
+    ):
+        request = _revenue_request(
+            source=source,
+            customer_ids=[world.customer_id],
+            consistency_token=head_seq(h.server),
+        )
+        report = call(h, reports_api(h).GetRevenueReport, request, read_only=True)
+        assert report is not None
+        assert [t.subtotal for t in report.totals] == [invoice.subtotal], (source, report)
+        assert [r.amount for r in report.rows] == [invoice.subtotal], (source, report)
+
+
+USAGE_REPORT_FIELDS: Final = ("start", "end", "customer_ids", "metric_ids", "consistency_token")
+
+
+def later(
+    start: Timestamp | None, grain: timedelta, buckets: st.SearchStrategy[int]
+) -> st.SearchStrategy[Timestamp | None]:
+    """An end ``buckets`` grains after ``start``."""
+    begin = _datetime(start)
+    if begin is None:
+        return st.none()
+    return buckets.map(lambda n: ts(begin + grain * n))
+
+
+@st.composite
+def usage_report_requests(draw: st.DrawFn) -> reports_pb2.GetUsageReportRequest:
+    field = Fields(draw, USAGE_REPORT_FIELDS)
+    hourly = draw(st.booleans())
+    grain = HOUR if hourly else DAY
+    request = reports_pb2.GetUsageReportRequest(
+        hourly=hourly,
+        by_customer=draw(st.booleans()),
+        customer_ids=field(
+            "customer_ids", st.one_of(st.just([]), known_customer_filters), bad_customer_filters
+        ),
+        metric_ids=field(
+            "metric_ids",
+            st.lists(st.sampled_from(ALL_METRICS), max_size=3, unique=True),
+            id_filters(*ALL_METRICS),
+        ),
+        consistency_token=field("consistency_token", st.integers(0, 5), bad_int64s),
+    )
+    start = field("start", instants, bad_times)
+    valid_buckets = st.one_of(st.integers(1, BUCKETS_MAX), st.just(BUCKETS_MAX))
+    too_many = st.one_of(
+        st.just(BUCKETS_MAX + 1), st.integers(BUCKETS_MAX + 1, 400_000 if hourly else 400_000 // 24)
+    )
+    end = field(
+        "end",
+        later(start, grain, valid_buckets),
+        st.one_of(
+            bad_times, ends_before(start), later(start, grain, too_many), st.just(ts(LAST_INSTANT))
+        ),
+    )
+    set_time(request, "start", start)
+    set_time(request, "end", end)
+    return request
+
+
+def _widest_usage_request(*, hourly: bool, **fields: Any) -> reports_pb2.GetUsageReportRequest:
+    """The most buckets the server serves, ending now."""
+    end = datetime.now(UTC)
+    request = reports_pb2.GetUsageReportRequest(hourly=hourly, **fields)
+    set_time(request, "start", ts(end - (HOUR if hourly else DAY) * BUCKETS_MAX))
+    set_time(request, "end", ts(end))
+    return request
+
+
+@FUZZ
+@given(request=usage_report_requests())
+@example(request=_widest_usage_request(hourly=False, by_customer=True))
+@example(request=_widest_usage_request(hourly=True, by_customer=True))
+@example(request=_widest_usage_request(hourly=True, customer_ids=[FUZZ_NAME] * 1_000))
+def test_get_usage_report(h: Hostile, request: reports_pb2.GetUsageReportRequest) -> None:
+    if not fits(request):
+        return
+    report = call(h, reports_api(h).GetUsageReport, request, read_only=True)
+    for point in report.points if report is not None else ():
+        assert DECIMAL_STRING.fullmatch(point.quantity), point
+        if not request.by_customer:
+            assert point.customer_id == "", point
+        elif request.customer_ids:
+            assert point.customer_id in request.customer_ids, point
+        if request.metric_ids:
+            assert point.metric_id in request.metric_ids, point
+
+
+@FUZZ
+@given(
+    customer_ids=st.one_of(known_customer_filters, bad_customer_filters),
+    past_periods=st.one_of(
+        st.integers(0, PAST_PERIODS_MAX), st.sampled_from((-1, PAST_PERIODS_MAX + 1)), bad_int32s
+    ),
+)
+@example(customer_ids=[], past_periods=PAST_PERIODS_MAX)  # every customer in the world
+@example(customer_ids=[FUZZ_NAME] * 1_000, past_periods=PAST_PERIODS_MAX)
+@example(customer_ids=[FUZZ_NAME, FUZZ_NAME], past_periods=0)  # a customer named twice
+def test_get_forecasts(h: Hostile, customer_ids: list[str], past_periods: int) -> None:
+    request = reports_pb2.GetForecastsRequest(customer_ids=customer_ids, past_periods=past_periods)
+    if not fits(request):
+        return
+    reply = call(h, reports_api(h).GetForecasts, request, read_only=True)
+    if reply is None:
+        return
+    periods = [(f.invoice_id, f.as_of.ToNanoseconds()) for f in reply.forecasts]
+    assert len(periods) == len(set(periods)), "a period forecast twice"
+    for forecast in reply.forecasts:
+        if customer_ids:
+            assert forecast.customer_id in customer_ids, forecast.customer_id
+        assert 0 <= Decimal(forecast.elapsed) <= 1, forecast
+
+
+REVISION_IDS: Final = (
+    "in-fuzz-c1-1-r1",
+    "in-fuzz-c1-1-r9",
+    "in-known-c1-1-r1",
+    "in-fuzz-c1-1-r0",
+    "in-fuzz-c1-1-r",
+    "in-fuzz-c1-1-r-1",
+    "in-fuzz-c1-1-r" + "9" * 30,
+    "in-fuzz-c1-1-r1-r1",
+    "in-fuzz-c1-1-R1",
+)
+
+
+@st.composite
+def statement_requests(draw: st.DrawFn) -> reports_pb2.GetStatementRequest:
+    field = Fields(draw, ("invoice_id", "customer_id", "at"))
+    by_id = draw(st.booleans())
+    request = reports_pb2.GetStatementRequest(
+        invoice_id=field(
+            "invoice_id",
+            valid_invoice_ids if by_id else st.just(""),
+            st.one_of(st.sampled_from(REVISION_IDS), bad_invoice_ids),
+        ),
+        customer_id=field(
+            "customer_id",
+            st.just("") if by_id else st.sampled_from(ALL_CUSTOMERS),
+            ids(*ALL_CUSTOMERS),
+        ),
+    )
+    set_time(request, "at", field("at", st.none() if by_id else instants, bad_times))
+    return request
+
+
+@FUZZ
+@given(request=statement_requests())
+@example(request=reports_pb2.GetStatementRequest(invoice_id="in-known-c1-1"))
+@example(request=reports_pb2.GetStatementRequest(invoice_id="in-fuzz-c1-1-r9"))
+@example(request=reports_pb2.GetStatementRequest(customer_id="fuzz\x00", at=ts(NOW)))
+def test_get_statement(h: Hostile, request: reports_pb2.GetStatementRequest) -> None:
+    statement = call(h, reports_api(h).GetStatement, request, read_only=True)
+    if statement is None:
+        return
+    doctype = "<!doctype html>"
+    assert statement.html[: len(doctype)].lower() == doctype, statement.html[:80]
+    invoice_id = request.invoice_id or statement.invoice_id
+    assert html.escape(invoice_id, quote=True) in statement.html, invoice_id
+
+
+COST_FIELDS: Final = ("product_id", "unit_cost", "currency", "effective_from", "request_id")
+valid_unit_costs = st.one_of(
+    st.sampled_from(("0", "0.0004", "0.0015", "1", "0.000000000001", "9" * 20 + "." + "9" * 12)),
+    st.builds(_plain, st.integers(0, 10**15), st.integers(0, 12)),
+)
+bad_unit_costs = st.one_of(
+    st.sampled_from(
+        (
+            "-0.0004",
+            "-1",
+            "0.0000000000001",  # 13 places
+            "1." + "0" * 13,
+            "0." + "0" * 19 + "1",
+            "",
+        )
+    ),
+    bad_decimals,
+    decimals,  # up to 40 digits and 20 places: some fit, some do not
+)
+
+
+@st.composite
+def product_cost_requests(draw: st.DrawFn) -> reports_pb2.SetProductCostRequest:
+    field = Fields(draw, COST_FIELDS)
+    request = reports_pb2.SetProductCostRequest(
+        product_id=field(
+            "product_id",
+            st.sampled_from(ALL_PRODUCTS),
+            st.one_of(new_ids, ids(*ALL_PRODUCTS)),
+        ),
+        unit_cost=field("unit_cost", valid_unit_costs, bad_unit_costs),
+        currency=field(
+            "currency",
+            st.sampled_from(("USD", "EUR", "JPY", "credits", "gpu_hours")),
+            st.one_of(
+                st.sampled_from(("", "US D", "1USD", "A" * 33, "_x", "credits\x00")), hostile_text
+            ),
+        ),
+        request_id=field("request_id", st.one_of(st.just(""), new_ids), hostile_text),
+    )
+    set_time(request, "effective_from", field("effective_from", instants, bad_times))
+    return request
+
+
+@FUZZ
+@given(request=product_cost_requests())
+@example(
+    request=reports_pb2.SetProductCostRequest(
+        product_id=KNOWN_IDS["product"],
+        unit_cost="0.0004",
+        currency="USD",
+        effective_from=ts(EPOCH),
+    )
+)
+@example(
+    request=reports_pb2.SetProductCostRequest(
+        product_id=FUZZ_IDS["product"], unit_cost="9" * 41, currency="USD", effective_from=ts(NOW)
+    )
+)
+def test_set_product_cost(h: Hostile, request: reports_pb2.SetProductCostRequest) -> None:
+    """Costs of every product, the known customer's too: a cost changes margins, never
+    an invoice, so the known customer stays as it was."""
+    if not fits(request):
+        return
+    cost = call(h, reports_api(h).SetProductCost, request)
+    if cost is not None:
+        assert (cost.product_id, cost.currency) == (request.product_id, request.currency)
+        assert Decimal(cost.unit_cost) == Decimal(request.unit_cost)
+        assert cost.consistency_token > 0
+
+
+# ---------------------------------------------------------------------------------------
 # Raw bytes on the wire: invalid UTF-8 in string fields, corrupt messages
 
 # (service, method, a valid request, the path of a string field to fill with raw bytes)
@@ -1907,6 +2314,28 @@ RAW_TARGETS: Final[tuple[tuple[str, str, Message, tuple[str, ...]], ...]] = (
         "CheckEntitlement",
         balances_pb2.CheckEntitlementRequest(customer_id=FUZZ_NAME),
         ("product_id",),
+    ),
+    (
+        "ReportingService",
+        "GetRevenueReport",
+        reports_pb2.GetRevenueReportRequest(period_start=ts(EPOCH), period_end=ts(NOW)),
+        ("customer_ids",),
+    ),
+    (
+        "ReportingService",
+        "GetUsageReport",
+        reports_pb2.GetUsageReportRequest(start=ts(NOW - DAY), end=ts(NOW)),
+        ("metric_ids",),
+    ),
+    ("ReportingService", "GetForecasts", reports_pb2.GetForecastsRequest(), ("customer_ids",)),
+    ("ReportingService", "GetStatement", reports_pb2.GetStatementRequest(), ("invoice_id",)),
+    (
+        "ReportingService",
+        "SetProductCost",
+        reports_pb2.SetProductCostRequest(
+            product_id=FUZZ_IDS["product"], unit_cost="1", currency="USD", effective_from=ts(NOW)
+        ),
+        ("currency",),
     ),
 )
 STREAMING: Final = frozenset({"ReplayCustomer", "VerifyLedger"})

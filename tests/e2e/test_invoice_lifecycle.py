@@ -40,6 +40,8 @@ class Lifecycle:
     def finalize(self, invoice_id: str, request_id: str = "") -> invoices_pb2.Invoice:
         request = invoices_pb2.FinalizeInvoiceRequest(invoice_id=invoice_id, request_id=request_id)
         invoice: invoices_pb2.Invoice = self.world.api.invoices.FinalizeInvoice(request)
+        assert invoice.consistency_token > invoice.computed_through_seq  # where it was written
+        invoice.ClearField("consistency_token")  # the reply's alone: GetInvoice has none
         return invoice
 
     def void(self, invoice_id: str, request_id: str = "") -> invoices_pb2.VoidInvoiceResponse:

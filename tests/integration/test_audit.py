@@ -79,16 +79,6 @@ def run(database_url: str, body: Callable[[App], Awaitable[T]], clock: Any = Non
     return asyncio.run(main())
 
 
-@pytest.fixture
-def accrual_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The CLI's environment: the test database and no other ACCRUAL_* setting."""
-    for name in list(os.environ):
-        if name.startswith("ACCRUAL_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("ACCRUAL_DATABASE_URL", database_url)
-    return database_url
-
-
 def accrual(*argv: str) -> tuple[int, str]:
     """``accrual <argv>`` in this process: its exit code and what it printed on stdout."""
     out = io.StringIO()

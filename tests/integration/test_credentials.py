@@ -396,15 +396,6 @@ def test_a_token_file_is_removed_if_the_token_cannot_be_stored(
 # The commands
 
 
-@pytest.fixture
-def accrual_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    for name in list(os.environ):
-        if name.startswith("ACCRUAL_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("ACCRUAL_DATABASE_URL", database_url)
-    return database_url
-
-
 def accrual(*argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -56,6 +56,9 @@ PROJECTION_TABLES = {
     "entitlement_plans_v1",
     "entitlement_cards_v1",
     "entitlement_grants_v1",
+    "revenue_invoices_v1",
+    "revenue_lines_v1",
+    "product_costs_v1",
 }
 
 
