@@ -34,6 +34,10 @@ _COLUMNS: Final = (
     "seq, partition, stream_id, stream_version, event_type, schema_version, payload, metadata, "
     "occurred_at, recorded_at, idempotency_key, request_hash, prev_hash, hash"
 )
+# The types of _COLUMNS, for binary COPY.
+_COLUMN_TYPES: Final = (
+    "int8 int4 text int8 text int4 bytea bytea timestamptz timestamptz text text bytea bytea"
+).split()
 
 # One stream's events with business time in [lo, hi) and seq in (lo, hi].
 _STREAM_BETWEEN: Final = (
@@ -455,7 +459,10 @@ async def _write(
     head: Head,
 ) -> None:
     async with conn.cursor() as cur:
-        async with cur.copy(f"COPY events ({_COLUMNS}) FROM STDIN") as copy:
+        # Binary: payloads and hashes travel as bytes, not hex text both sides
+        # must encode and parse (a seventh of an append's time in text).
+        async with cur.copy(f"COPY events ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_COLUMN_TYPES)
             for row in rows:
                 await copy.write_row(row)
         await cur.execute(
