@@ -36,8 +36,9 @@ _COLUMNS: Final = (
 )
 # The types of _COLUMNS, for binary COPY.
 _COLUMN_TYPES: Final = (
-    "int8 int4 text int8 text int4 bytea bytea timestamptz timestamptz text text bytea bytea"
-).split()
+    *("int8", "int4", "text", "int8", "text", "int4", "bytea", "bytea"),
+    *("timestamptz", "timestamptz", "text", "text", "bytea", "bytea"),
+)
 
 # One stream's events with business time in [lo, hi) and seq in (lo, hi].
 _STREAM_BETWEEN: Final = (
