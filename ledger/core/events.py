@@ -11,10 +11,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from json.encoder import encode_basestring
 from typing import Any, ClassVar, Final
 
 from ledger.core.alerts import SpendAlert
-from ledger.core.canonical import JsonValue, canonical_dumps, format_instant, parse_instant
+from ledger.core.canonical import format_instant, parse_instant
 from ledger.core.catalog import BillableMetric, Contract, Product, RateCardVersion
 from ledger.core.codec import decode, encode
 from ledger.core.contracts import Amendment
@@ -285,18 +286,21 @@ UPCASTERS: Final[dict[tuple[str, int], Upcaster]] = {}
 
 
 def usage_payload_bytes(event: UsageRecorded) -> bytes:
-    """The canonical bytes of a usage payload, built directly: usage is nearly every
-    event, and the generic codec walks type hints per value. It must equal
-    ``canonical_json(to_payload(event))`` byte for byte (a property test checks)."""
-    properties: dict[str, JsonValue] = dict(event.properties)
-    payload: dict[str, JsonValue] = {
-        "customer_id": event.customer_id,
-        "event_type": event.event_type,
-        "occurred_at": format_instant(event.occurred_at),
-        "properties": properties,
-        "transaction_id": event.transaction_id,
-    }
-    return canonical_dumps(payload)
+    """The canonical bytes of a usage payload, written out directly: usage is nearly
+    every event, and a JSON encoder was the largest cost of batched ingest. It must
+    equal ``canonical_json(to_payload(event))`` byte for byte (property tests check):
+    keys sorted, no spaces, strings escaped by json's own ``encode_basestring``."""
+    properties = ",".join(
+        f"{encode_basestring(name)}:{encode_basestring(value)}"
+        for name, value in sorted(event.properties.items())
+    )
+    return (
+        f'{{"customer_id":{encode_basestring(event.customer_id)},'
+        f'"event_type":{encode_basestring(event.event_type)},'
+        f'"occurred_at":"{format_instant(event.occurred_at)}",'
+        f'"properties":{{{properties}}},'
+        f'"transaction_id":{encode_basestring(event.transaction_id)}}}'
+    ).encode()
 
 
 def usage_from_payload(schema_version: int, payload: dict[str, Any]) -> DomainEvent:

@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 
 from ledger.app.usage import usage_key
 from ledger.core.canonical import canonical_json, format_instant, parse_instant
-from ledger.core.events import UsageRecorded, from_payload, usage_from_payload, usage_payload_bytes
+from ledger.core.events import (
+    UsageRecorded,
+    from_payload,
+    to_payload,
+    usage_from_payload,
+    usage_payload_bytes,
+)
 from ledger.store.chain import row_hash
 
 texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=16)
@@ -100,6 +106,24 @@ def test_instants_format_as_strftime_would(instant: datetime) -> None:
 
 
 properties = st.dictionaries(texts, texts, max_size=6)
+
+
+@given(
+    customer_id=texts,
+    transaction_id=texts,
+    event_type=texts,
+    occurred_at=instants,
+    properties=properties,
+)
+def test_usage_is_encoded_as_the_generic_encoder_does(
+    customer_id: str,
+    transaction_id: str,
+    event_type: str,
+    occurred_at: datetime,
+    properties: dict[str, str],
+) -> None:
+    event = UsageRecorded(customer_id, transaction_id, event_type, occurred_at, properties)
+    assert usage_payload_bytes(event) == canonical_json(to_payload(event))
 
 
 @given(
