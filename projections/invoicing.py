@@ -58,6 +58,7 @@ from ledger.store.event_store import (
     PostgresEventStore,
     read_head,
     read_stream_between,
+    read_stream_recorded_after,
     snapshot,
 )
 from ledger.store.records import StoredEvent
@@ -400,7 +401,9 @@ class Invoicing:
         if fresh:
             before = await read_stream_between(conn, stream, period, (0, checkpoint))
             parts.append(self._fold(plan, before, fresh))
-        tail = await read_stream_between(conn, stream, period, (checkpoint, head))
+        # Found by seq, not by business time: the period may hold millions of events
+        # and the tail beyond the checkpoint only a few, so a draft's cost stays flat.
+        tail = await read_stream_recorded_after(conn, stream, period, (checkpoint, head))
         parts.append(self._fold(plan, tail, plan.catalog.metrics.values()))
         return merge_tallies(*parts)
 

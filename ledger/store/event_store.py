@@ -47,13 +47,19 @@ _STREAM_BETWEEN: Final = (
 )
 
 # The same, found by stream position: within a stream, versions grow with seq, so
-# the events after seq ``lo`` are those after the stream's last version at ``lo``.
-# Both scans walk only the events recorded since ``lo``, however long the history.
-_STREAM_RECORDED_AFTER: Final = (
-    f"SELECT {_COLUMNS} FROM events WHERE stream_id = %(stream)s"  # noqa: S608
-    " AND stream_version > coalesce((SELECT max(stream_version) FROM events"
-    " WHERE stream_id = %(stream)s AND seq <= %(lo)s), 0)"
-    " AND seq <= %(hi)s AND occurred_at >= %(start)s AND occurred_at < %(end)s ORDER BY seq"
+# the events in seq (lo, hi] are the versions after the stream's last version at
+# lo, through its last at hi. Both maxima scan the (stream_id, stream_version)
+# index backwards from the top, and the rows are read by that index alone: the
+# cost follows the events recorded since lo, however long the history, and no
+# plan (stale statistics, generic plans) can turn it into a walk of the period.
+_STREAM_VERSIONS_AT: Final = (
+    "SELECT (SELECT max(stream_version) FROM events WHERE stream_id = %(stream)s"
+    " AND seq <= %(lo)s), (SELECT max(stream_version) FROM events"
+    " WHERE stream_id = %(stream)s AND seq <= %(hi)s)"
+)
+_STREAM_VERSIONS_BETWEEN: Final = (
+    f"SELECT {_COLUMNS} FROM events WHERE stream_id = %s"  # noqa: S608
+    " AND stream_version > %s AND stream_version <= %s ORDER BY stream_version"
 )
 
 Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
@@ -358,12 +364,21 @@ async def read_stream_recorded_after(
     seqs: tuple[int, int],
 ) -> list[StoredEvent]:
     """Like :func:`read_stream_between`, for a long span of business time and a short
-    one of seqs (late usage since a finalization): cost follows the seqs, not the span."""
+    one of seqs (the tail beyond a checkpoint, late usage since a finalization):
+    cost follows the seqs, not the span."""
     start, end = occurred
     lo, hi = seqs
-    params = {"stream": stream_id, "lo": lo, "hi": hi, "start": start, "end": end}
-    cur = await conn.execute(_STREAM_RECORDED_AFTER, params)
-    return [stored_event(row) for row in await cur.fetchall()]
+    if lo >= hi:
+        return []
+    cur = await conn.execute(_STREAM_VERSIONS_AT, {"stream": stream_id, "lo": lo, "hi": hi})
+    bounds = await cur.fetchone()
+    assert bounds is not None
+    first, last = (int(version or 0) for version in bounds)
+    if first >= last:
+        return []
+    cur = await conn.execute(_STREAM_VERSIONS_BETWEEN, (stream_id, first, last))
+    rows = [stored_event(row) for row in await cur.fetchall()]
+    return [row for row in rows if start <= row.occurred_at < end]
 
 
 async def iter_stream_between(
