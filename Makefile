@@ -58,6 +58,7 @@ bench: install ## Benchmarks on their own database (ACCRUAL_BENCH_EVENTS, defaul
 	$(BIN)/python tests/bench/bench_rebuild.py
 	$(BIN)/python tests/bench/bench_ingest.py
 	$(BIN)/python tests/bench/bench_entitlements.py
+	$(BIN)/python tests/bench/bench_invoice.py
 
 clean: ## Remove the virtualenv, generated code and caches (not .accrual/ data)
 	rm -rf $(VENV) services/api .mypy_cache .ruff_cache .pytest_cache .hypothesis

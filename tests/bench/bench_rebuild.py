@@ -22,11 +22,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ledger.app.catalog import MetricInput, RateCardInput
-from ledger.app.context import RequestContext, request_hash
+from ledger.app.context import RequestContext
 from ledger.app.customers import ContractInput
 from ledger.app.streams import usage_stream
+from ledger.app.usage import usage_key
+from ledger.core.canonical import sha256_hex
 from ledger.core.catalog import Product
-from ledger.core.events import UsageRecorded, to_payload
+from ledger.core.events import UsageRecorded, usage_payload_bytes
 from ledger.core.rate_specs import RateSpec
 from ledger.store import migrate
 from ledger.store.records import NewEvent
@@ -34,6 +36,7 @@ from ledger.store.verify import verify_ledger
 from services.bootstrap import PROJECTIONS, App, running_app
 from services.config import Settings
 from services.embedded_db import EmbeddedPostgres, free_port
+from services.server import tune_garbage_collector
 
 EVENTS = int(os.environ.get("ACCRUAL_BENCH_EVENTS", "1000000"))
 BATCH = 5_000
@@ -45,6 +48,7 @@ BIG = "c0"  # half of all usage: the invoice VerifyInvoice replays
 BIG_INVOICE = "in-c0-c-2"  # its March, the contract starting on 1 February
 MARCH = (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC))
 CTX = RequestContext(actor="bench", reason="benchmark")
+METADATA = {"actor": "bench"}  # one call's events share their metadata
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -57,13 +61,15 @@ def usage(rng: random.Random, n: int) -> NewEvent:
         NOW - timedelta(seconds=rng.randrange(30 * 86_400)),
         {"model": rng.choice(("small", "large")), "tokens": str(rng.randrange(1, 5_000))},
     )
+    payload = usage_payload_bytes(event)  # as RecordUsage appends it: encoded once
     return NewEvent(
         stream_id=usage_stream(customer),
         event=event,
         occurred_at=event.occurred_at,
-        metadata={"actor": "bench"},
-        idempotency_key=f"usage:{customer}:{event.transaction_id}",
-        request_hash=request_hash(to_payload(event)),
+        metadata=METADATA,
+        idempotency_key=usage_key(customer, event.transaction_id),
+        request_hash=sha256_hex(payload),
+        payload=payload,
     )
 
 
@@ -135,6 +141,7 @@ async def verify_invoice(app: App) -> dict[str, float]:
 
 
 def main() -> int:
+    tune_garbage_collector()  # the collector settings `accrual serve` runs with
     with tempfile.TemporaryDirectory() as folder:
         embedded = EmbeddedPostgres(Path(folder) / "pg", free_port(), fsync=True)
         url = embedded.start()
