@@ -45,6 +45,8 @@ from projections.registry import (
 
 BATCH_EVENTS_MAX: Final = 2_000
 POLL_INTERVAL_S: Final = 1.0
+# After a wake-up, how long appends may gather before they are applied together.
+COALESCE_S: Final = 0.05
 RETRY_DELAY_S: Final = 2.0
 
 _log = structlog.get_logger("accrual.projections")
@@ -243,10 +245,16 @@ class ProjectionRunner:
             try:
                 while not stop.is_set():
                     await self._take_leases(lease_conn)
-                    await self.catch_up(self.leases_held)
+                    # Cleared before catching up: an append announced meanwhile
+                    # wakes the next round instead of waiting for the poll.
                     self._wake.clear()
+                    await self.catch_up(self.leases_held)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL_S)
+                    # Each wake-up costs a transaction per projection: under a
+                    # stream of small group commits, let them gather a moment and
+                    # apply them in one batch rather than one round each.
+                    await asyncio.sleep(COALESCE_S)
             finally:
                 # The connection goes back to the pool: release the leases first.
                 with contextlib.suppress(psycopg.Error):

@@ -101,3 +101,43 @@ def test_a_batch_that_fails_leaves_neither_rows_nor_checkpoint(database_url: str
         assert await rolled_up(app) == (EVENTS, 2 * EVENTS)
 
     run_app(database_url, body)
+
+
+def test_appends_in_quick_succession_are_applied_together(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each wake-up costs a transaction per projection, so the runner lets a burst of
+    small appends gather and applies them in a few batches, not one each."""
+    appends = 40
+
+    async def body(app: App) -> None:
+        await seed(app)
+        await app.runner.catch_up()
+        batches: list[tuple[int, int]] = []
+        apply_batch = app.runner._apply_batch
+
+        async def counted(
+            conn: object, projection: object, events: object, seqs: tuple[int, int], replaying: bool
+        ) -> None:
+            if getattr(projection, "name", "") == "usage_rollups":
+                batches.append(seqs)
+            await apply_batch(conn, projection, events, seqs, replaying)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(app.runner, "_apply_batch", counted)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(app.runner.run_forever(stop))
+        await asyncio.sleep(0.5)  # leases taken, listening
+        for n in range(appends):
+            usage = UsageInput(f"burst{n}", "acme", "completion", NOW, {"tokens": "3"})
+            await app.record_usage([usage], CTX)
+        for _ in range(100):
+            if await rolled_up(app) == (EVENTS + appends, 2 * EVENTS + 3 * appends):
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await runner
+        assert await rolled_up(app) == (EVENTS + appends, 2 * EVENTS + 3 * appends)
+        assert sum(last - first for first, last in batches) == appends  # each once
+        assert len(batches) <= appends // 4, batches  # gathered, not one batch each
+
+    run_app(database_url, body)
