@@ -45,9 +45,23 @@ class MetricRegistry:
         self._metrics: dict[str, BillableMetric] = {}
         self._seen_seq = 0
         self._lock = asyncio.Lock()
+        self._refreshes = 0  # refreshes begun so far
 
     async def current(self) -> dict[str, BillableMetric]:
+        """The metrics, including every one created before this call began.
+
+        Concurrent callers share refreshes: a refresh that began after a caller
+        arrived has seen everything committed before it, so the caller takes its
+        result instead of reading again. Under many single-event calls that is
+        one read per wave of callers, not one each in a queue.
+        """
+        arrived = self._refreshes
         async with self._lock:
+            # Refreshes begin and end under the lock: one numbered above ``arrived``
+            # began after this call did, and has finished.
+            if self._refreshes > arrived:
+                return dict(self._metrics)
+            self._refreshes += 1
             events = await self._store.read_types(["BillableMetricCreated"], self._seen_seq)
             for stored in events:
                 event = stored.domain_event()

@@ -1,0 +1,65 @@
+"""The metric registry shares reads between concurrent callers, never a stale one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from ledger.app.catalog import MetricInput, MetricRegistry
+from ledger.app.context import RequestContext
+from ledger.store.records import StoredEvent
+from services.bootstrap import App
+from tests.integration.test_projection_ops import run_app
+
+CTX = RequestContext(actor="test", reason="metric registry test")
+
+
+def counting_reads(app: App, monkeypatch: pytest.MonkeyPatch, pause_s: float = 0.0) -> list[int]:
+    """Count the registry's reads of the ledger; each may pause after reading."""
+    reads: list[int] = []
+    real = app.store.read_types
+
+    async def read_types(
+        event_types: Sequence[str], after_seq: int, up_to_seq: int | None = None
+    ) -> list[StoredEvent]:
+        found = await real(event_types, after_seq, up_to_seq)
+        reads.append(after_seq)
+        await asyncio.sleep(pause_s)  # as a slow read would, after its snapshot
+        return found
+
+    monkeypatch.setattr(app.store, "read_types", read_types)
+    return reads
+
+
+def test_concurrent_callers_share_a_read(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(app: App) -> None:
+        await app.catalog.create_metric(MetricInput("calls", "Calls", "call", "COUNT", ""), CTX)
+        registry = MetricRegistry(app.store)
+        reads = counting_reads(app, monkeypatch, pause_s=0.01)
+        answers = await asyncio.gather(*(registry.current() for _ in range(30)))
+        assert all(set(answer) == {"calls"} for answer in answers)
+        # The first caller reads; those who arrived during its read share the next.
+        assert len(reads) == 2
+
+    run_app(database_url, body)
+
+
+def test_a_metric_created_before_a_call_is_seen_by_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(app: App) -> None:
+        registry = MetricRegistry(app.store)
+        reads = counting_reads(app, monkeypatch, pause_s=0.2)
+        in_flight = asyncio.create_task(registry.current())
+        await asyncio.sleep(0.05)  # its read is done and it is still pausing
+        assert len(reads) == 1
+        await app.catalog.create_metric(MetricInput("calls", "Calls", "call", "COUNT", ""), CTX)
+        assert "calls" in await registry.current()  # not the in-flight read's answer
+        assert "calls" not in await in_flight  # which began before the metric existed
+        assert len(reads) == 2
+
+    run_app(database_url, body)
