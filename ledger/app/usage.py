@@ -89,27 +89,30 @@ class RecordUsage:
                 f"{len(items)} events in one call; the limit is {BATCH_EVENTS_MAX}",
                 (FieldViolation("events", f"at most {BATCH_EVENTS_MAX} events per call"),),
             )
-        # A retry is answered from the ledger before any rule is checked again: the
-        # late window or a new metric may refuse now what was accepted then.
-        earlier = await self._earlier_results(items)
-        fresh = [item for item, result in zip(items, earlier, strict=True) if result is None]
-        rejections = dict(zip(map(id, fresh), await self._rejections(fresh), strict=True))
-        writable = [item for item in fresh if rejections[id(item)] is None]
+        rejections = await self._rejections(items)
+        # A retry is answered from the ledger, whatever the rules say now: the late
+        # window or a new metric may refuse now what was accepted then. So an event
+        # the rules refuse is looked up; the append itself answers retries of the
+        # others, and the common call (new, valid events) reads no keys first.
+        refused = [i for i, reason in zip(items, rejections, strict=True) if reason is not None]
+        earlier = dict(zip(map(id, refused), await self._earlier_results(refused), strict=True))
+        writable = [i for i, reason in zip(items, rejections, strict=True) if reason is None]
         metadata = ctx.metadata()  # one mapping per call: its bytes are encoded once
         outcomes = iter(await self._append([self._new_event(i, metadata) for i in writable]))
         results = []
-        for item, answered in zip(items, earlier, strict=True):
-            reason = rejections.get(id(item))
-            if answered is not None:
-                results.append(answered)
-            elif reason is not None:
-                results.append(UsageResult(item.transaction_id, UsageStatus.REJECTED, reason))
-            else:
+        for item, reason in zip(items, rejections, strict=True):
+            if reason is None:
                 results.append(_result(item, next(outcomes)))
+            elif (answered := earlier[id(item)]) is not None:
+                results.append(answered)
+            else:
+                results.append(UsageResult(item.transaction_id, UsageStatus.REJECTED, reason))
         return results
 
     async def _earlier_results(self, items: Sequence[UsageInput]) -> list[UsageResult | None]:
         """DUPLICATE (or REJECTED for another event) for keys already in the ledger."""
+        if not items:
+            return []
         keys = [usage_key(i.customer_id, i.transaction_id) for i in items]
         # Malformed ids never reach a query; validation refuses those events later.
         found = await self._store.find_keys(
