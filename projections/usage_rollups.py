@@ -138,12 +138,15 @@ class UsageRollups:
         replaying: bool = False,  # no side effects to suppress
     ) -> None:
         metrics = await self._metrics(cur)
+        # Each event is offered only to the metrics of its type: most metrics
+        # select other types, and every event would otherwise ask each of them.
+        by_type = _by_event_type(metrics)
         pending: dict[RollupKey, Running] = {}
         for stored in events:
             if stored.event_type == UsageRecorded.EVENT_TYPE:
                 event = stored.domain_event()
                 assert isinstance(event, UsageRecorded)
-                _accumulate(pending, stored.seq, event, metrics)
+                _accumulate(pending, stored.seq, event, by_type.get(event.event_type, ()))
             elif stored.event_type == BillableMetricCreated.EVENT_TYPE:
                 created = stored.domain_event()
                 assert isinstance(created, BillableMetricCreated)
@@ -151,6 +154,7 @@ class UsageRollups:
                 pending = {}
                 await self._add_metric(cur, created.metric, stored.seq)
                 metrics.append(created.metric)
+                by_type = _by_event_type(metrics)
         await self._flush(cur, pending)
 
     async def known_metrics(self, conn: AsyncConnection[TupleRow]) -> set[str]:
@@ -321,9 +325,9 @@ class UsageRollups:
             await self._flush(cur, pending)
 
     async def _flush_distinct(
-        self, cur: AsyncCursor[TupleRow], keys: list[RollupKey], tallies: list[Tally]
+        self, cur: AsyncCursor[TupleRow], keys: list[RollupKey], runs: list[Running]
     ) -> None:
-        rows = _distinct_rows(keys, tallies)
+        rows = _distinct_rows(keys, runs)
         if not rows:
             return
         await cur.execute(
@@ -339,7 +343,7 @@ class UsageRollups:
         if not pending:
             return
         keys = list(pending)
-        tallies = [pending[key].tally() for key in keys]
+        runs = [pending[key] for key in keys]  # read as they are: no tally built per row
         # One JSON text instead of ten typed arrays: the driver dumps arrays value
         # by value in Python, json.dumps does it in C (a rebuild writes about a row
         # per hour, metric, group and customer).
@@ -360,13 +364,13 @@ class UsageRollups:
             "     (r.latest_at, r.latest_seq, r.latest_value),"
             "     (excluded.latest_at, excluded.latest_seq, excluded.latest_value)"
             "   ) AS l(at, seq, value) ORDER BY l.at DESC NULLS LAST, l.seq DESC LIMIT 1)",
-            (json.dumps([_rollup_row(k, t) for k, t in zip(keys, tallies, strict=True)]),),
+            (json.dumps([_rollup_row(k, r) for k, r in zip(keys, runs, strict=True)]),),
         )
-        await self._flush_distinct(cur, keys, tallies)
+        await self._flush_distinct(cur, keys, runs)
         unbilled = [
             (k, reason, n)
-            for k, t in zip(keys, tallies, strict=True)
-            for reason, n in t.unbilled.items()
+            for k, r in zip(keys, runs, strict=True)
+            for reason, n in r.unbilled.items()
         ]
         if unbilled:
             await cur.execute(
@@ -387,17 +391,17 @@ class UsageRollups:
             )
 
 
-def _rollup_row(key: RollupKey, tally: Tally) -> list[object]:
+def _rollup_row(key: RollupKey, run: Running) -> list[object]:
     """A rollup row as JSON values: decimals as exact strings, instants as text."""
-    latest = tally.latest
+    latest = run.latest
     return [
         key[0],
         key[1],
         key[2],
         _instant_text(key[3]),
-        tally.count,
-        str(tally.total),
-        None if tally.maximum is None else str(tally.maximum),
+        run.count,
+        "0" if run.total is None else str(run.total),
+        None if run.maximum is None else str(run.maximum),
         None if latest is None else format_instant(latest.occurred_at),
         None if latest is None else latest.seq,
         None if latest is None else str(latest.value),
@@ -410,11 +414,16 @@ def _instant_text(bucket: datetime) -> str:
 
 
 def _distinct_rows(
-    keys: list[RollupKey], tallies: list[Tally]
+    keys: list[RollupKey], runs: list[Running]
 ) -> list[tuple[str, str, str, datetime, str]]:
-    return [
-        (*key, value) for key, tally in zip(keys, tallies, strict=True) for value in tally.distinct
-    ]
+    return [(*key, value) for key, run in zip(keys, runs, strict=True) for value in run.distinct]
+
+
+def _by_event_type(metrics: Iterable[BillableMetric]) -> dict[str, list[BillableMetric]]:
+    by_type: dict[str, list[BillableMetric]] = {}
+    for metric in metrics:
+        by_type.setdefault(metric.event_type, []).append(metric)
+    return by_type
 
 
 def _accumulate(
