@@ -45,29 +45,32 @@ class MetricRegistry:
         self._metrics: dict[str, BillableMetric] = {}
         self._seen_seq = 0
         self._lock = asyncio.Lock()
-        self._refreshes = 0  # refreshes begun so far
+        self._begun = 0  # refreshes begun so far, numbered from 1
+        self._succeeded = 0  # the number of the latest refresh that read successfully
 
     async def current(self) -> dict[str, BillableMetric]:
         """The metrics, including every one created before this call began.
 
         Concurrent callers share refreshes: a refresh that began after a caller
-        arrived has seen everything committed before it, so the caller takes its
-        result instead of reading again. Under many single-event calls that is
-        one read per wave of callers, not one each in a queue.
+        arrived, and read successfully, has seen everything committed before the
+        call, so the caller takes its result instead of reading again. Under many
+        single-event calls that is one read per wave of callers, not one each.
         """
-        arrived = self._refreshes
+        arrived = self._begun
         async with self._lock:
-            # Refreshes begin and end under the lock: one numbered above ``arrived``
-            # began after this call did, and has finished.
-            if self._refreshes > arrived:
+            # Refreshes run one at a time under the lock: one numbered above
+            # ``arrived`` began after this call did.
+            if self._succeeded > arrived:
                 return dict(self._metrics)
-            self._refreshes += 1
+            self._begun += 1
+            number = self._begun
             events = await self._store.read_types(["BillableMetricCreated"], self._seen_seq)
             for stored in events:
                 event = stored.domain_event()
                 assert isinstance(event, BillableMetricCreated)
                 self._metrics[event.metric.metric_id] = event.metric
                 self._seen_seq = stored.seq
+            self._succeeded = number
             return dict(self._metrics)
 
 

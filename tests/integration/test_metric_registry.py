@@ -63,3 +63,38 @@ def test_a_metric_created_before_a_call_is_seen_by_it(
         assert len(reads) == 2
 
     run_app(database_url, body)
+
+
+def test_a_failed_read_is_not_shared(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Callers queued behind a read that fails read again; they never take the
+    metrics of an older read as if the failed one had happened."""
+
+    async def body(app: App) -> None:
+        registry = MetricRegistry(app.store)
+        real = app.store.read_types
+        reads: list[int] = []
+
+        async def slow_then_failing(
+            event_types: Sequence[str], after_seq: int, up_to_seq: int | None = None
+        ) -> list[StoredEvent]:
+            reads.append(after_seq)
+            if len(reads) == 2:
+                raise OSError("connection lost")
+            found = await real(event_types, after_seq, up_to_seq)
+            if len(reads) == 1:
+                await asyncio.sleep(0.1)  # the first read's snapshot is already taken
+            return found
+
+        monkeypatch.setattr(app.store, "read_types", slow_then_failing)
+        first = asyncio.create_task(registry.current())
+        await asyncio.sleep(0.02)
+        await app.catalog.create_metric(MetricInput("calls", "Calls", "call", "COUNT", ""), CTX)
+        failing = asyncio.create_task(registry.current())  # will read, and fail
+        queued = asyncio.create_task(registry.current())  # queued behind it
+        assert "calls" not in await first  # it read before the metric existed
+        with pytest.raises(OSError, match="connection lost"):
+            await failing
+        assert "calls" in await queued  # read again, not the first read's answer
+        assert len(reads) == 3
+
+    run_app(database_url, body)
