@@ -57,9 +57,12 @@ _STREAM_VERSIONS_AT: Final = (
     " AND seq <= %(lo)s), (SELECT max(stream_version) FROM events"
     " WHERE stream_id = %(stream)s AND seq <= %(hi)s)"
 )
+# OFFSET 0 keeps the inner scan on the versions: given the business-time bounds
+# too, the planner could take (stream_id, occurred_at) and walk the whole period.
 _STREAM_VERSIONS_BETWEEN: Final = (
-    f"SELECT {_COLUMNS} FROM events WHERE stream_id = %s"  # noqa: S608
-    " AND stream_version > %s AND stream_version <= %s ORDER BY stream_version"
+    f"SELECT * FROM (SELECT {_COLUMNS} FROM events WHERE stream_id = %s"  # noqa: S608
+    " AND stream_version > %s AND stream_version <= %s ORDER BY stream_version OFFSET 0) t"
+    " WHERE occurred_at >= %s AND occurred_at < %s"
 )
 
 Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
@@ -376,9 +379,8 @@ async def read_stream_recorded_after(
     first, last = (int(version or 0) for version in bounds)
     if first >= last:
         return []
-    cur = await conn.execute(_STREAM_VERSIONS_BETWEEN, (stream_id, first, last))
-    rows = [stored_event(row) for row in await cur.fetchall()]
-    return [row for row in rows if start <= row.occurred_at < end]
+    cur = await conn.execute(_STREAM_VERSIONS_BETWEEN, (stream_id, first, last, start, end))
+    return [stored_event(row) for row in await cur.fetchall()]
 
 
 async def iter_stream_between(
