@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from datetime import datetime
+from datetime import UTC, datetime
 from json.encoder import encode_basestring
 from typing import Final
 
@@ -43,7 +43,7 @@ def row_hash(
         f'"metadata_sha256":"{hashlib.sha256(metadata).hexdigest()}",'
         f'"occurred_at":"{format_instant(occurred_at)}","partition":{partition:d},'
         f'"payload_sha256":"{hashlib.sha256(payload).hexdigest()}",'
-        f'"recorded_at":"{_recorded_text(recorded_at)}","request_hash":{_text(request_hash)},'
+        f'"recorded_at":"{_recorded_text(recorded_at.astimezone(UTC))}","request_hash":{_text(request_hash)},'
         f'"schema_version":{schema_version:d},"seq":{seq:d},"stream_id":{_text(stream_id)},'
         f'"stream_version":{stream_version:d}}}'
     )
@@ -57,4 +57,6 @@ def _text(value: str | None) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _recorded_text(recorded_at: datetime) -> str:
-    return format_instant(recorded_at)  # one per append transaction: its rows share it
+    # One per append transaction: its rows share it. Keyed in UTC, since two
+    # local times either side of a DST fall-back compare (and hash) equal.
+    return format_instant(recorded_at)
