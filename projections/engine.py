@@ -251,10 +251,11 @@ class ProjectionRunner:
                     await self.catch_up(self.leases_held)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL_S)
-                    # Each wake-up costs a transaction per projection: under a
-                    # stream of small group commits, let them gather a moment and
-                    # apply them in one batch rather than one round each.
-                    await asyncio.sleep(COALESCE_S)
+                    if self._wake.is_set():
+                        # Each wake-up costs a transaction per projection: under a
+                        # stream of small group commits, let them gather a moment
+                        # and apply them in one batch rather than one round each.
+                        await asyncio.sleep(COALESCE_S)
             finally:
                 # The connection goes back to the pool: release the leases first.
                 with contextlib.suppress(psycopg.Error):
