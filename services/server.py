@@ -200,6 +200,7 @@ def tune_garbage_collector() -> None:
     alive once serving starts (modules, descriptors, the wiring) lives as long
     as the process, so it is frozen out of every collection.
     """
+    gc.collect()  # garbage of startup is collected, not frozen with the rest
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *GC_OLDER_THRESHOLDS)
 
