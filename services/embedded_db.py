@@ -113,6 +113,12 @@ class EmbeddedPostgres:
             except ToolKilledError:
                 if attempt == STOP_ATTEMPTS:
                     raise
+            except RuntimeError:
+                # A retry can find the server already gone (its pid file removed
+                # after the check above): stopped is what was asked for.
+                if attempt == 1 or (self.data_dir / "postmaster.pid").exists():
+                    raise
+                return
 
     def _start_server(self, user: str | None) -> None:
         options = f"-h 127.0.0.1 -p {self.port} -k {self._socket_dir(user)} -c max_connections=200"
