@@ -114,7 +114,7 @@ class RecordUsage:
         if not items:
             return []
         keys = [usage_key(i.customer_id, i.transaction_id) for i in items]
-        # Malformed ids never reach a query; validation refuses those events later.
+        # Malformed ids never reach a query: validation has refused those events.
         found = await self._store.find_keys(
             [k for k, i in zip(keys, items, strict=True) if _ids_ok(i)]
         )
