@@ -260,7 +260,8 @@ async def fold_period(
 
 
 def _usage_at(seq: int, schema_version: int, payload: bytes) -> Sequenced:
-    event = usage_from_payload(schema_version, json.loads(payload))
+    # Text, not bytes: json.loads would sniff the bytes' encoding per event first.
+    event = usage_from_payload(schema_version, json.loads(payload.decode()))
     assert isinstance(event, UsageRecorded)
     return Sequenced(seq, event)
 

@@ -65,7 +65,8 @@ class StoredEvent(NamedTuple):
 
     def domain_event(self) -> DomainEvent:
         """The payload as a domain event, upcast to the current schema."""
-        payload = json.loads(self.payload)
+        # Stored payloads are UTF-8: decoded as text, json.loads skips sniffing it.
+        payload = json.loads(self.payload.decode())
         if self.event_type == UsageRecorded.EVENT_TYPE:
             return usage_from_payload(self.schema_version, payload)
         return from_payload(self.event_type, self.schema_version, payload)
