@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 from ledger.core.catalog import Aggregation, BillableMetric
 from ledger.core.events import UsageRecorded
@@ -30,9 +31,11 @@ class Latest:
     value: Decimal
 
 
-@dataclass(frozen=True)
-class Sequenced:
-    """A usage event with its ledger position (LATEST breaks timestamp ties by it)."""
+class Sequenced(NamedTuple):
+    """A usage event with its ledger position (LATEST breaks timestamp ties by it).
+
+    A named tuple, not a frozen dataclass: replays build one per event folded.
+    """
 
     seq: int
     event: UsageRecorded
@@ -78,14 +81,18 @@ class Tally:
 
 def matches(metric: BillableMetric, usage: UsageRecorded) -> bool:
     """Whether the metric selects this usage event."""
-    return usage.event_type == metric.event_type and all(
-        f.matches(usage.properties) for f in metric.filters
-    )
+    if usage.event_type != metric.event_type:
+        return False
+    # Most metrics have no filters: skip building a generator per event for them.
+    return not metric.filters or all(f.matches(usage.properties) for f in metric.filters)
 
 
 def group_of(metric: BillableMetric, properties: Mapping[str, str]) -> GroupKey:
     """The event's pricing dimensions; a missing property is the empty value."""
-    return tuple(properties.get(name, "") for name in metric.group_by)
+    group_by = metric.group_by
+    if len(group_by) == 1:  # the common case, without a generator per event
+        return (properties.get(group_by[0], ""),)
+    return tuple(properties.get(name, "") for name in group_by)
 
 
 class Running:
