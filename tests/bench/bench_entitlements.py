@@ -23,9 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -40,6 +38,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from results_file import write_result
 
 from ledger.app.streams import contract_stream, customer_stream, rate_card_stream
 from ledger.core.catalog import Contract, PlanChange, Rate, RateCardVersion, RateModel
@@ -70,7 +69,6 @@ NOW = datetime(2026, 3, 20, 12, tzinfo=UTC)
 START = datetime(2025, 1, 1, tzinfo=UTC)
 CARDS = {f"card-{n}": [f"p{n}-{i}" for i in range(20)] for n in range(4)}
 VERSIONS = 6  # per card, a month apart; each adds a product
-RESULTS = Path(__file__).parent / "results"
 
 
 def card_versions() -> list[tuple[str, DomainEvent]]:
@@ -247,18 +245,8 @@ def main() -> int:
             f"  {label:<22} median {row['median']:.3f}  p99 {row['p99']:.3f}  max {row['max']:.3f}"
         )
     print(figures["sample plan"])
-    record = {
-        "date": datetime.now(UTC).isoformat(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "python": sys.version.split()[0],
-        "customers": CUSTOMERS,
-        "checks": CHECKS,
-        "figures": {k: v for k, v in figures.items() if k != "sample plan"},
-    }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"entitlements-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"  written to {out}")
+    measured = {k: v for k, v in figures.items() if k != "sample plan"}
+    write_result("entitlements", {"customers": CUSTOMERS, "checks": CHECKS, "figures": measured})
     return 0
 
 

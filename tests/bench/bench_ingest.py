@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import resource
 import shutil
 import socket
@@ -54,6 +53,7 @@ if str(ROOT) not in sys.path:
 import grpc  # noqa: E402
 import psycopg  # noqa: E402
 from google.protobuf.timestamp_pb2 import Timestamp  # noqa: E402
+from results_file import RESULTS, write_result  # noqa: E402
 
 from ledger.store import migrate  # noqa: E402
 from services.api.accrual.v1 import (  # noqa: E402
@@ -74,7 +74,6 @@ USAGE_BATCH = 1_000
 BATCH_CLIENTS = 8
 SINGLE_CLIENTS = 64
 CUSTOMERS = 100
-RESULTS = Path(__file__).parent / "results"
 ECHO_METHOD = "/bench.Echo/Echo"
 USAGE_METHOD = "/accrual.v1.UsageService/RecordUsage"
 # Fixed-width placeholders, replaced in the serialized bytes (lengths must not change).
@@ -742,20 +741,14 @@ def main() -> int:
                 f"budget exhausted {figures[name]['budget_exhausted']}"
             )
 
-    record = {
-        "date": datetime.now(UTC).isoformat(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "python": sys.version.split()[0],
+    details = {
         "postgres": version,
         "grpc": grpc.__version__,
         "seconds_per_phase": SECONDS,
         "copy_rows": COPY_ROWS,
         "figures": figures,
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"ingest-{stamp}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"  written to {out.relative_to(ROOT)}")
+    write_result("ingest", details, stamp)
     return 0
 
 

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ from pathlib import Path
 import grpc
 import psycopg
 from bench_ingest import Sampler, accrual_serve, free_port, pg_version, status_kb, wait_port
+from results_file import write_result
 
 from ledger.app.catalog import MetricInput, RateCardInput
 from ledger.app.context import RequestContext
@@ -71,8 +70,6 @@ USAGE_SPAN = (
 PRICE = Decimal("0.00002")  # per token
 CTX = RequestContext(actor="bench", reason="benchmark")
 METADATA = {"actor": "bench"}
-RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def tokens_of(n: int) -> int:
@@ -244,17 +241,7 @@ def main() -> int:
     for label, value in figures.items():
         shown = f"{value:>12,.2f}" if isinstance(value, float) else f"{value!s:>12}"
         print(f"  {label:<52} {shown}")
-    record = {
-        "date": datetime.now(UTC).isoformat(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "python": sys.version.split()[0],
-        "calls": CALLS,
-        "figures": figures,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"invoice-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"  written to {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    write_result("invoice", {"calls": CALLS, "figures": figures})
     return 0
 
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
-import platform
 import random
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from results_file import write_result
 
 from ledger.app.catalog import MetricInput, RateCardInput
 from ledger.app.context import RequestContext
@@ -49,7 +49,6 @@ BIG_INVOICE = "in-c0-c-2"  # its March, the contract starting on 1 February
 MARCH = (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC))
 CTX = RequestContext(actor="bench", reason="benchmark")
 METADATA = {"actor": "bench"}  # one call's events share their metadata
-RESULTS = Path(__file__).parent / "results"
 
 
 def usage(rng: random.Random, n: int) -> NewEvent:
@@ -159,17 +158,7 @@ def main() -> int:
     print(f"\nAccrual benchmark: {EVENTS:,} usage events, {CUSTOMERS} customers")
     for label, value in figures.items():
         print(f"  {label:<44} {value:>12,.0f}")
-    record = {
-        "date": datetime.now(UTC).isoformat(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "python": sys.version.split()[0],
-        "events": EVENTS,
-        "figures": figures,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"rebuild-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"  written to {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out}")
+    write_result("rebuild", {"events": EVENTS, "figures": figures})
     return 0
 
 

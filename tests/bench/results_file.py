@@ -1,0 +1,30 @@
+"""Where every benchmark keeps its runs: one JSON file per run in tests/bench/results/."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_result(kind: str, details: dict[str, object], stamp: str = "") -> Path:
+    """Write one run, with the date, machine and Python it ran on, as
+    ``<kind>-<UTC stamp>.json``; print and return where it went."""
+    now = datetime.now(UTC)
+    record = {
+        "date": now.isoformat(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "python": sys.version.split()[0],
+        **details,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{kind}-{stamp or f'{now:%Y%m%dT%H%M%S}'}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"  written to {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    return out
