@@ -8,7 +8,6 @@ invoice's position sees exactly what finalization saw.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -43,7 +42,7 @@ from ledger.core.events import (
     ProductCreated,
     RateCardPublished,
     UsageRecorded,
-    usage_from_payload,
+    usage_from_bytes,
 )
 from ledger.core.invoice import Invoice, InvoiceLine
 from ledger.core.metering import Sequenced, Tally, UsageKey, fold_usage, merge_tallies
@@ -260,8 +259,7 @@ async def fold_period(
 
 
 def _usage_at(seq: int, schema_version: int, payload: bytes) -> Sequenced:
-    # Text, not bytes: json.loads would sniff the bytes' encoding per event first.
-    event = usage_from_payload(schema_version, json.loads(payload.decode()))
+    event = usage_from_bytes(schema_version, payload)
     assert isinstance(event, UsageRecorded)
     return Sequenced(seq, event)
 

@@ -14,6 +14,8 @@ from decimal import Decimal
 from json.encoder import encode_basestring
 from typing import Any, ClassVar, Final
 
+import orjson
+
 from ledger.core.alerts import SpendAlert
 from ledger.core.canonical import format_instant, parse_instant
 from ledger.core.catalog import BillableMetric, Contract, Product, RateCardVersion
@@ -301,6 +303,17 @@ def usage_payload_bytes(event: UsageRecorded) -> bytes:
         f'"properties":{{{properties}}},'
         f'"transaction_id":{encode_basestring(event.transaction_id)}}}'
     ).encode()
+
+
+def usage_from_bytes(schema_version: int, payload: bytes) -> DomainEvent:
+    """A stored usage payload, as bytes, as its event.
+
+    Replays and rollups parse every usage event, and orjson parses these payloads
+    about four times faster than json. A usage payload holds only strings, which
+    both read identically (a property test checks); orjson differs only on
+    numbers past 64 bits and non-standard literals, which a usage payload never has.
+    """
+    return usage_from_payload(schema_version, orjson.loads(payload))
 
 
 def usage_from_payload(schema_version: int, payload: dict[str, Any]) -> DomainEvent:

@@ -14,7 +14,7 @@ from ledger.core.events import (
     UsageRecorded,
     from_payload,
     to_payload,
-    usage_from_payload,
+    usage_from_bytes,
 )
 
 ANY_VERSION = None
@@ -65,11 +65,10 @@ class StoredEvent(NamedTuple):
 
     def domain_event(self) -> DomainEvent:
         """The payload as a domain event, upcast to the current schema."""
-        # Stored payloads are UTF-8: decoded as text, json.loads skips sniffing it.
-        payload = json.loads(self.payload.decode())
         if self.event_type == UsageRecorded.EVENT_TYPE:
-            return usage_from_payload(self.schema_version, payload)
-        return from_payload(self.event_type, self.schema_version, payload)
+            return usage_from_bytes(self.schema_version, self.payload)
+        # Stored payloads are UTF-8: decoded as text, json.loads skips sniffing it.
+        return from_payload(self.event_type, self.schema_version, json.loads(self.payload.decode()))
 
 
 @dataclass(frozen=True)

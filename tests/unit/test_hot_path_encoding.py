@@ -20,6 +20,7 @@ from ledger.core.events import (
     UsageRecorded,
     from_payload,
     to_payload,
+    usage_from_bytes,
     usage_from_payload,
     usage_payload_bytes,
 )
@@ -146,3 +147,5 @@ def test_usage_is_decoded_as_the_generic_decoder_does(
     assert fast == from_payload(UsageRecorded.EVENT_TYPE, UsageRecorded.SCHEMA_VERSION, payload)
     assert fast == event
     assert isinstance(fast, UsageRecorded) and fast.occurred_at.tzinfo is UTC
+    # From the stored bytes, as replays and rollups read them.
+    assert usage_from_bytes(UsageRecorded.SCHEMA_VERSION, usage_payload_bytes(event)) == event
