@@ -71,6 +71,10 @@ def parse_decimal(text: str, field: str, *, allow_negative: bool = False) -> Dec
 
 def is_decimal_text(text: str) -> bool:
     """True when ``text`` is an acceptable decimal string."""
+    if text.isascii() and text.isdigit():
+        # A plain integer, the usual quantity, checked without the regex (every
+        # usage event's quantity is): at most 20 digits, no leading zero.
+        return len(text) <= 20 and (text[0] != "0" or len(text) == 1)
     return _DECIMAL_TEXT.fullmatch(text) is not None
 
 

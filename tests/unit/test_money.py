@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.core.errors import DomainError, Rule
-from ledger.core.money import currency_decimals, is_decimal_text, parse_decimal, round_amount, zero
+from ledger.core.money import (
+    _DECIMAL_TEXT,
+    currency_decimals,
+    is_decimal_text,
+    parse_decimal,
+    round_amount,
+    zero,
+)
 
 amounts = st.decimals(
     min_value=Decimal("-1e12"), max_value=Decimal("1e12"), places=8, allow_nan=False
@@ -201,3 +208,14 @@ def test_currency_must_be_iso_or_a_unit_name(code: str) -> None:
     with pytest.raises(DomainError) as raised:
         currency_decimals(code, 2)
     assert_invalid(raised.value, "currency")
+
+
+@given(
+    st.one_of(
+        st.text(alphabet="0123456789", max_size=24),
+        st.text(alphabet="0123456789.-١²", max_size=24),
+        st.text(max_size=24),
+    )
+)
+def test_the_plain_integer_shortcut_agrees_with_the_decimal_pattern(text: str) -> None:
+    assert is_decimal_text(text) == (_DECIMAL_TEXT.fullmatch(text) is not None)
