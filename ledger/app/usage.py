@@ -165,23 +165,27 @@ class RecordUsage:
         return found
 
     def _new_event(self, item: UsageInput, metadata: Mapping[str, str]) -> NewEvent:
-        event = _event(item)
-        payload = usage_payload_bytes(event)
-        return NewEvent(
-            stream_id=usage_stream(item.customer_id),
-            event=event,
-            occurred_at=event.occurred_at,
-            metadata=metadata,
-            idempotency_key=usage_key(item.customer_id, item.transaction_id),
-            # The request hash is the hash of the payload's canonical bytes.
-            request_hash=sha256_hex(payload),
-            payload=payload,
-        )
+        return usage_to_append(_event(item), metadata)
 
 
 def _ids_ok(item: UsageInput) -> bool:
     return bool(
         ID_PATTERN.fullmatch(item.customer_id) and ID_PATTERN.fullmatch(item.transaction_id)
+    )
+
+
+def usage_to_append(event: UsageRecorded, metadata: Mapping[str, str]) -> NewEvent:
+    """What RecordUsage appends for a usage event: its stream, idempotency key and
+    request hash, and its payload encoded once (the hash is of those bytes)."""
+    payload = usage_payload_bytes(event)
+    return NewEvent(
+        stream_id=usage_stream(event.customer_id),
+        event=event,
+        occurred_at=event.occurred_at,
+        metadata=metadata,
+        idempotency_key=usage_key(event.customer_id, event.transaction_id),
+        request_hash=sha256_hex(payload),
+        payload=payload,
     )
 
 

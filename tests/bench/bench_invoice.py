@@ -41,11 +41,9 @@ from results_file import write_result
 from ledger.app.catalog import MetricInput, RateCardInput
 from ledger.app.context import RequestContext
 from ledger.app.customers import ContractInput
-from ledger.app.streams import usage_stream
-from ledger.app.usage import usage_key
-from ledger.core.canonical import sha256_hex
+from ledger.app.usage import usage_to_append
 from ledger.core.catalog import Product
-from ledger.core.events import UsageRecorded, usage_payload_bytes
+from ledger.core.events import UsageRecorded
 from ledger.core.rate_specs import RateSpec
 from ledger.store import migrate
 from ledger.store.records import NewEvent
@@ -89,18 +87,7 @@ def period_usage(customer: str, count: int) -> Iterator[list[NewEvent]]:
             USAGE_SPAN[0] + span * n,
             {"model": "large" if n % 3 == 0 else "small", "tokens": str(tokens_of(n))},
         )
-        payload = usage_payload_bytes(event)
-        batch.append(
-            NewEvent(
-                stream_id=usage_stream(customer),
-                event=event,
-                occurred_at=event.occurred_at,
-                metadata=METADATA,
-                idempotency_key=usage_key(customer, event.transaction_id),
-                request_hash=sha256_hex(payload),
-                payload=payload,
-            )
-        )
+        batch.append(usage_to_append(event, METADATA))
         if len(batch) == BATCH:
             yield batch
             batch = []

@@ -25,10 +25,9 @@ from ledger.app.catalog import MetricInput, RateCardInput
 from ledger.app.context import RequestContext
 from ledger.app.customers import ContractInput
 from ledger.app.streams import usage_stream
-from ledger.app.usage import usage_key
-from ledger.core.canonical import sha256_hex
+from ledger.app.usage import usage_to_append
 from ledger.core.catalog import Product
-from ledger.core.events import UsageRecorded, usage_payload_bytes
+from ledger.core.events import UsageRecorded
 from ledger.core.rate_specs import RateSpec
 from ledger.store import migrate
 from ledger.store.records import NewEvent
@@ -60,16 +59,7 @@ def usage(rng: random.Random, n: int) -> NewEvent:
         NOW - timedelta(seconds=rng.randrange(30 * 86_400)),
         {"model": rng.choice(("small", "large")), "tokens": str(rng.randrange(1, 5_000))},
     )
-    payload = usage_payload_bytes(event)  # as RecordUsage appends it: encoded once
-    return NewEvent(
-        stream_id=usage_stream(customer),
-        event=event,
-        occurred_at=event.occurred_at,
-        metadata=METADATA,
-        idempotency_key=usage_key(customer, event.transaction_id),
-        request_hash=sha256_hex(payload),
-        payload=payload,
-    )
+    return usage_to_append(event, METADATA)  # as RecordUsage appends it
 
 
 async def load(app: App) -> float:
