@@ -15,6 +15,7 @@ from ledger.app.catalog import MetricInput
 from ledger.app.context import RequestContext
 from ledger.app.usage import UsageInput
 from ledger.store.records import StoredEvent
+from projections import engine
 from projections.engine import ProjectionRunner
 from projections.usage_rollups import UsageRollups
 from services.bootstrap import App, open_pool, running_app
@@ -124,6 +125,9 @@ def test_appends_in_quick_succession_are_applied_together(
             await apply_batch(conn, projection, events, seqs, replaying)  # type: ignore[arg-type]
 
         monkeypatch.setattr(app.runner, "_apply_batch", counted)
+        # A longer pause than in service, so a slow machine's appends still fall
+        # into a few of them; the mechanism is the same.
+        monkeypatch.setattr(engine, "COALESCE_S", 0.5)
         stop = asyncio.Event()
         runner = asyncio.create_task(app.runner.run_forever(stop))
         await asyncio.sleep(0.5)  # leases taken, listening
