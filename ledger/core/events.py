@@ -309,9 +309,10 @@ def usage_from_bytes(schema_version: int, payload: bytes) -> DomainEvent:
     """A stored usage payload, as bytes, as its event.
 
     Replays and rollups parse every usage event, and orjson parses these payloads
-    about four times faster than json. A usage payload holds only strings, which
-    both read identically (a property test checks); orjson differs only on
-    numbers past 64 bits and non-standard literals, which a usage payload never has.
+    about four times faster than json. A usage payload holds only strings written
+    as UTF-8, which both read identically (a property test checks); orjson differs
+    from json on numbers past 64 bits, non-standard literals, escaped lone
+    surrogates and very deep nesting, none of which a usage payload can hold.
     """
     return usage_from_payload(schema_version, orjson.loads(payload))
 

@@ -127,6 +127,7 @@ def test_appends_in_quick_succession_are_applied_together(
         monkeypatch.setattr(app.runner, "_apply_batch", counted)
         # A longer pause than in service, so a slow machine's appends still fall
         # into a few of them; the mechanism is the same.
+        assert engine.COALESCE_S > 0  # the service pauses too
         monkeypatch.setattr(engine, "COALESCE_S", 0.5)
         stop = asyncio.Event()
         runner = asyncio.create_task(app.runner.run_forever(stop))
