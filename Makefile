@@ -54,7 +54,7 @@ test-reliability: install ## Faults under load with the history checker, hostile
 test-all: lint browser ## Every test, slow suites included
 	$(BIN)/pytest
 
-bench: install ## Benchmarks on their own database (ACCRUAL_BENCH_EVENTS, default 1,000,000)
+bench: install ## Benchmarks on their own databases (knobs: README, Performance)
 	$(BIN)/python tests/bench/bench_rebuild.py
 	$(BIN)/python tests/bench/bench_ingest.py
 	$(BIN)/python tests/bench/bench_entitlements.py
