@@ -327,11 +327,15 @@ async def read_after(
     conn: AsyncConnection[TupleRow], after_seq: int, limit: int
 ) -> list[StoredEvent]:
     """Up to ``limit`` events after ``after_seq`` in ledger order."""
+    # seq is gapless, so the upper bound selects no fewer rows than the LIMIT.
+    # Without it, statistics gone stale after a bulk load lead PostgreSQL to
+    # fetch and sort every later row for each batch: a rebuild read 20,000
+    # events in 166 ms instead of 18 ms, and slowed as the ledger grew.
     # Binary results: byte columns arrive as they are, not hex text to decode.
     cur = await conn.execute(
-        f"SELECT {_COLUMNS} FROM events WHERE partition = %s AND seq > %s"  # noqa: S608
-        " ORDER BY seq LIMIT %s",
-        (DEFAULT_PARTITION, after_seq, limit),
+        f"SELECT {_COLUMNS} FROM events WHERE partition = %s"  # noqa: S608
+        " AND seq > %s AND seq <= %s ORDER BY seq LIMIT %s",
+        (DEFAULT_PARTITION, after_seq, after_seq + limit, limit),
         binary=True,
     )
     return [stored_event(row) for row in await cur.fetchall()]
