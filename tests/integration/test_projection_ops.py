@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+import pytest
 from psycopg import AsyncCursor
 from psycopg.rows import TupleRow
 
@@ -22,6 +23,7 @@ from ledger.app.catalog import MetricInput
 from ledger.app.context import RequestContext
 from ledger.app.usage import UsageInput, UsageStatus
 from ledger.store.records import StoredEvent
+from projections import usage_rollups
 from projections.engine import POLL_INTERVAL_S, ProjectionRunner
 from services.bootstrap import PROJECTIONS, App, open_pool, running_app
 from services.config import Settings
@@ -138,6 +140,26 @@ def test_sigkill_at_random_points_never_loses_or_doubles_an_event(
     run_app(database_url, finish_and_rebuild)
     for name in TABLES:
         same_rows(database_url, name, 1, 2)
+
+
+def test_rollups_folded_in_pipelined_chunks_equal_rollups_folded_whole(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def live_then_rebuilt_in_small_chunks(app: App) -> None:
+        await seed(app, 1_500)
+        # Created after its usage: the back-fill runs between two chunks.
+        await app.catalog.create_metric(
+            MetricInput("calls", "Calls", "completion", "COUNT", "", group_by=["model"]), CTX
+        )
+        await seed(app, 500, offset=1_500)
+        await app.runner.catch_up()  # version 1, in whole batches
+        monkeypatch.setattr(usage_rollups, "FLUSH_EVENTS", 7)
+        fresh = await app.runner.start_rebuild("usage_rollups", 2)
+        async for _ in app.runner.build(fresh):
+            pass
+
+    run_app(database_url, live_then_rebuilt_in_small_chunks)
+    same_rows(database_url, "usage_rollups", 1, 2)
 
 
 def rolled_up_checkpoint(database_url: str) -> int:
