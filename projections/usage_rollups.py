@@ -40,7 +40,10 @@ RollupKey = tuple[str, str, str, datetime]
 
 
 def bucket_start(instant: datetime) -> datetime:
-    return instant.replace(minute=0, second=0, microsecond=0)
+    # The constructor with positional fields: replace() with keywords took 0.6 us
+    # an event, 6% of a rollup rebuild; this takes 0.35. Instants here are UTC,
+    # so there is no fold to carry.
+    return datetime(instant.year, instant.month, instant.day, instant.hour, tzinfo=instant.tzinfo)
 
 
 @functools.lru_cache(maxsize=4096)
