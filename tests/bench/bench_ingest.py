@@ -12,7 +12,10 @@ It starts its own embedded PostgreSQL (fsync on) and, in one run, measures:
    with 64 calls in flight, calls/s and p50/p99;
 4. Accrual's RecordUsage through a real ``accrual serve`` on the same database:
    (a) batches of 1,000 events from 8 concurrent clients, (b) single events with
-   64 calls in flight; events/s, p50/p99, the server's peak RSS and CPU.
+   64 calls in flight; events/s, p50/p99, the server's peak RSS and CPU;
+5. the same two loads with the projector in its own ``accrual project`` process
+   (``ACCRUAL_RUN_PROJECTOR=false`` for the server), as one deploys for heavy
+   ingest; the projector's CPU is reported beside the server's.
 
 Load comes from a separate process (grpc.aio, N coroutines, requests serialized
 before the clock starts) whose own CPU use is reported. Each Accrual row is set
@@ -30,6 +33,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
 import os
 import resource
 import shutil
@@ -302,8 +306,8 @@ def wait_port(address: str, process: subprocess.Popen[bytes], within_s: float = 
 class Sampler:
     """Peak VmRSS every 0.2 s and CPU seconds of a process (and PostgreSQL) in a window."""
 
-    def __init__(self, pid: int, postmaster: int | None = None) -> None:
-        self.pid, self.postmaster = pid, postmaster
+    def __init__(self, pid: int, postmaster: int | None = None, extra: int | None = None) -> None:
+        self.pid, self.postmaster, self.extra = pid, postmaster, extra
         self.peak_rss_kb = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -319,6 +323,8 @@ class Sampler:
         self.cpu[f"{name}_server"] = cpu_seconds_of(self.pid)
         if self.postmaster is not None:
             self.cpu[f"{name}_postgres"] = postgres_cpu_seconds(self.postmaster)
+        if self.extra is not None:
+            self.cpu[f"{name}_extra"] = cpu_seconds_of(self.extra)
         self.cpu[f"{name}_t"] = time.perf_counter()
 
     def __enter__(self) -> Sampler:
@@ -539,33 +545,114 @@ def usage_rows(url: str) -> int:
 
 
 @contextlib.contextmanager
-def accrual_serve(data_dir: Path, pg_port: int, grpc_port: int) -> Iterator[subprocess.Popen]:
+def accrual_serve(
+    data_dir: Path, pg_port: int, grpc_port: int, projector: str | None
+) -> Iterator[tuple[subprocess.Popen[bytes], subprocess.Popen[bytes] | None]]:
+    """``accrual serve`` and, when ``projector`` names its command, ``accrual
+    project`` beside it, with the server's own projector off."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCRUAL_", "OTEL_"))}
     env |= {
         "ACCRUAL_DATA_DIR": str(data_dir),
         "ACCRUAL_EMBEDDED_PG_PORT": str(pg_port),
         "ACCRUAL_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
         "ACCRUAL_LOG_FORMAT": "json",
+        "ACCRUAL_RUN_PROJECTOR": "false" if projector else "true",
         "OTEL_TRACES_EXPORTER": "none",
         "OTEL_METRICS_EXPORTER": "none",
     }
-    with (data_dir / "serve.log").open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "serve"],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
+    commands = [["serve"]] + ([[projector]] if projector else [])
+    processes: list[subprocess.Popen[bytes]] = []
     try:
-        yield process
+        for command in commands:
+            with (data_dir / f"{command[0]}.log").open("ab") as log:
+                processes.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "services.cli", *command],
+                        env=env,
+                        cwd=ROOT,
+                        stdout=subprocess.DEVNULL,
+                        stderr=log,
+                    )
+                )
+        yield processes[0], processes[1] if projector else None
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        for process in processes:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def accrual_phases(
+    data_dir: Path,
+    pg_port: int,
+    postmaster: int,
+    stamp: str,
+    url: str,
+    *,
+    separate_projector: bool = False,
+) -> dict[str, Any]:
+    """RecordUsage batched and single through a real ``accrual serve``: with its
+    projector in the server, or (the deployment for heavy ingest) with the
+    projector in its own ``accrual project`` process, whose CPU is reported too."""
+    grpc_port = free_port()
+    figures: dict[str, Any] = {}
+    projector = "project" if separate_projector else None
+    with accrual_serve(data_dir, pg_port, grpc_port, projector) as (serve, project):
+        address = f"127.0.0.1:{grpc_port}"
+        wait_port(address, serve)
+        deadline = time.monotonic() + 60
+        while not (data_dir / "admin-token").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        token = (data_dir / "admin-token").read_text().strip()
+        admin = (("authorization", f"Bearer {token}"),)
+        if not separate_projector:
+            setup_world(address, admin)  # the second topology finds it in place
+        rows_before = usage_rows(url)
+        acknowledged = 0
+        tag = "p" if separate_projector else ""
+        phases = [
+            ("batched", "d" if separate_projector else "b", USAGE_BATCH, BATCH_CLIENTS, 60),
+            ("single", "t" if separate_projector else "s", 1, SINGLE_CLIENTS, 20_000),
+        ]
+        with Sampler(serve.pid, postmaster) as whole:
+            for name, prefix, per_call, clients, rate_guess in phases:
+                print(f"   RecordUsage {name}: {per_call}/call, {clients} clients", flush=True)
+                profile = RESULTS / f"ingest-{stamp}-{name}{tag}.pyspy.txt" if PYSPY else None
+                extra = project.pid if project is not None else None
+                with Sampler(serve.pid, postmaster, extra) as sampler:
+                    config = {
+                        "kind": "usage",
+                        "target": address,
+                        "method": USAGE_METHOD,
+                        "metadata": [list(pair) for pair in admin],
+                        "events_per_call": per_call,
+                        "prefix": prefix,
+                        "budget_calls": budget(rate_guess),
+                        "concurrency": clients,
+                        "channels": min(clients, 4),
+                        "seconds": SECONDS,
+                    }
+                    result = run_load(config, sampler, profile)
+                result["server_cpu_pct"] = sampler.cpu_pct("server")
+                result["postgres_cpu_pct"] = sampler.cpu_pct("postgres")
+                result["projector_cpu_pct"] = sampler.cpu_pct("extra")
+                result["server_peak_rss_kb"] = sampler.peak_rss_kb
+                if profile is not None:
+                    result["pyspy_profile"] = profile.name
+                figures[name] = result
+                acknowledged += result["ok_calls_total"] * per_call
+            figures["server_vmhwm_kb"] = status_kb(serve.pid, "VmHWM")
+            if project is not None:
+                figures["projector_vmhwm_kb"] = status_kb(project.pid, "VmHWM")
+        figures["server_peak_rss_kb"] = whole.peak_rss_kb
+        figures["ledger_check"] = {
+            "acknowledged": acknowledged,
+            "written": usage_rows(url) - rows_before,
+        }
+    return figures
 
 
 def pg_version(url: str) -> str:
@@ -626,72 +713,27 @@ def main() -> int:
                 echo.terminate()
                 echo.wait(timeout=30)
 
-            grpc_port = free_port()
-            print("4. accrual serve ...", flush=True)
-            with accrual_serve(data_dir, pg_port, grpc_port) as serve:
-                address = f"127.0.0.1:{grpc_port}"
-                wait_port(address, serve)
-                deadline = time.monotonic() + 60
-                while not (data_dir / "admin-token").exists() and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                token = (data_dir / "admin-token").read_text().strip()
-                admin = (("authorization", f"Bearer {token}"),)
-                setup_world(address, admin)
-                rows_before = usage_rows(url)
-                acknowledged = 0
-                phases = [
-                    ("batched", "b", USAGE_BATCH, BATCH_CLIENTS, budget(60)),
-                    ("single", "s", 1, SINGLE_CLIENTS, budget(20_000)),
-                ]
-                with Sampler(serve.pid, postmaster) as whole:
-                    for name, prefix, per_call, clients, calls in phases:
-                        print(
-                            f"   RecordUsage {name}: {per_call}/call, {clients} clients", flush=True
-                        )
-                        profile = RESULTS / f"ingest-{stamp}-{name}.pyspy.txt" if PYSPY else None
-                        with Sampler(serve.pid, postmaster) as sampler:
-                            result = run_load(
-                                {
-                                    "kind": "usage",
-                                    "target": address,
-                                    "method": USAGE_METHOD,
-                                    "metadata": [list(pair) for pair in admin],
-                                    "events_per_call": per_call,
-                                    "prefix": prefix,
-                                    "budget_calls": calls,
-                                    "concurrency": clients,
-                                    "channels": min(clients, 4),
-                                    "seconds": SECONDS,
-                                },
-                                sampler,
-                                profile,
-                            )
-                        result["server_cpu_pct"] = sampler.cpu_pct("server")
-                        result["postgres_cpu_pct"] = sampler.cpu_pct("postgres")
-                        result["server_peak_rss_kb"] = sampler.peak_rss_kb
-                        if profile is not None:
-                            result["pyspy_profile"] = profile.name
-                        figures[name] = result
-                        acknowledged += result["ok_calls_total"] * per_call
-                    hwm = status_kb(serve.pid, "VmHWM")
-                figures["server_vmhwm_kb"] = hwm
-                figures["server_peak_rss_kb"] = whole.peak_rss_kb
-                written = usage_rows(url) - rows_before
-                figures["ledger_check"] = {"acknowledged": acknowledged, "written": written}
+            print("4. accrual serve, projector in the server ...", flush=True)
+            figures["in_process"] = accrual_phases(data_dir, pg_port, postmaster, stamp, url)
+            print("5. accrual serve and accrual project, separate processes ...", flush=True)
+            figures["split"] = accrual_phases(
+                data_dir, pg_port, postmaster, stamp, url, separate_projector=True
+            )
         finally:
             embedded.stop()
 
     copy_rate = figures["copy_limit"]["rows_per_s"]
-    echo_r, batched, single = figures["echo"], figures["batched"], figures["single"]
+    echo_r = figures["echo"]
     peer_rate = figures["peer"]["events_per_s"]
-    ratios = {
-        "batched_vs_copy": batched["events_per_s"] / copy_rate,
-        "batched_vs_peer": batched["events_per_s"] / peer_rate,
-        "single_vs_echo": single["events_per_s"] / echo_r["calls_per_s"],
-        "single_p99_vs_echo_p99": single["p99_ms"] / echo_r["p99_ms"],
-        "batched_p99_vs_echo_p99": batched["p99_ms"] / echo_r["p99_ms"],
-    }
-    figures["ratios"] = ratios
+    for topology in ("in_process", "split"):
+        batched, single = figures[topology]["batched"], figures[topology]["single"]
+        figures[topology]["ratios"] = {
+            "batched_vs_copy": batched["events_per_s"] / copy_rate,
+            "batched_vs_peer": batched["events_per_s"] / peer_rate,
+            "single_vs_echo": single["events_per_s"] / echo_r["calls_per_s"],
+            "single_p99_vs_echo_p99": single["p99_ms"] / echo_r["p99_ms"],
+            "batched_p99_vs_echo_p99": batched["p99_ms"] / echo_r["p99_ms"],
+        }
 
     def mb(kb: float) -> str:
         return f"{kb / 1024:,.0f}"
@@ -701,44 +743,56 @@ def main() -> int:
         f"{os.cpu_count()} CPUs, PostgreSQL {version} (fsync on)"
     )
     head = (
-        f"  {'phase':<42} {'rate/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'vs ref':>22} {'srv CPU%':>8} {'pg CPU%':>8} {'cli CPU%':>8} {'RSS MB':>7}"
+        f"  {'phase':<46} {'rate/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'vs ref':>22} {'srv CPU%':>8} {'prj CPU%':>8} {'pg CPU%':>8} {'cli CPU%':>8}"
+        f" {'RSS MB':>7}"
     )
     print(head)
     print("  " + "-" * (len(head) - 2))
-    print(f"  {'limit: binary COPY, 5,000/txn (rows)':<42} {copy_rate:>10,.0f}")
-    print(f"  {'peer: eventsourcing, 1,000/txn x 8 (events)':<42} {peer_rate:>10,.0f}")
+    print(f"  {'limit: binary COPY, 5,000/txn (rows)':<46} {copy_rate:>10,.0f}")
+    print(f"  {'peer: eventsourcing, 1,000/txn x 8 (events)':<46} {peer_rate:>10,.0f}")
     print(
-        f"  {'ceiling: gRPC echo, 64 in flight (calls)':<42} {echo_r['calls_per_s']:>10,.0f} "
+        f"  {'ceiling: gRPC echo, 64 in flight (calls)':<46} {echo_r['calls_per_s']:>10,.0f} "
         f"{echo_r['p50_ms']:>8.2f} {echo_r['p99_ms']:>8.2f} {'':>22} "
-        f"{echo_r['server_cpu_pct']:>8.0f} {'':>8} {echo_r['client_cpu_pct']:>8.0f} "
+        f"{echo_r['server_cpu_pct']:>8.0f} {'':>8} {'':>8} {echo_r['client_cpu_pct']:>8.0f} "
         f"{mb(echo_r['server_peak_rss_kb']):>7}"
     )
-    for label, row, versus in (
-        (
-            "RecordUsage 1,000/call, 8 clients",
-            batched,
-            f"{ratios['batched_vs_copy']:.1%} COPY {ratios['batched_vs_peer']:.1f}x peer",
-        ),
-        ("RecordUsage 1/call, 64 in flight", single, f"{ratios['single_vs_echo']:.1%} of echo"),
-    ):
-        print(
-            f"  {label + ' (events)':<42} {row['events_per_s']:>10,.0f} {row['p50_ms']:>8.2f} "
-            f"{row['p99_ms']:>8.2f} {versus:>22} {row['server_cpu_pct']:>8.0f} "
-            f"{row['postgres_cpu_pct']:>8.0f} {row['client_cpu_pct']:>8.0f} "
-            f"{mb(row['server_peak_rss_kb']):>7}"
-        )
-    print(
-        f"  single-event p99 / echo p99: {ratios['single_p99_vs_echo_p99']:.1f}x;"
-        f" server VmHWM {mb(figures['server_vmhwm_kb'])} MB;"
-        f" ledger rows written {figures['ledger_check']['written']:,}"
-        f" / acknowledged {figures['ledger_check']['acknowledged']:,}"
-    )
-    for name in ("echo", "batched", "single"):
-        if figures[name]["errors"] or figures[name]["budget_exhausted"]:
+    for topology, where in (("in_process", "projector in server"), ("split", "own projector")):
+        run, ratios = figures[topology], figures[topology]["ratios"]
+        batch_versus = f"{ratios['batched_vs_copy']:.1%} COPY {ratios['batched_vs_peer']:.1f}x peer"
+        for label, row, versus in (
+            (f"RecordUsage 1,000/call x 8, {where}", run["batched"], batch_versus),
+            (
+                f"RecordUsage 1/call x 64, {where}",
+                run["single"],
+                f"{ratios['single_vs_echo']:.1%} of echo",
+            ),
+        ):
+            projector_cpu = row["projector_cpu_pct"]
             print(
-                f"  NOTE {name}: errors {figures[name]['errors']}, "
-                f"budget exhausted {figures[name]['budget_exhausted']}"
+                f"  {label:<46} {row['events_per_s']:>10,.0f} {row['p50_ms']:>8.2f} "
+                f"{row['p99_ms']:>8.2f} {versus:>22} {row['server_cpu_pct']:>8.0f} "
+                f"{'' if math.isnan(projector_cpu) else f'{projector_cpu:.0f}':>8} "
+                f"{row['postgres_cpu_pct']:>8.0f} {row['client_cpu_pct']:>8.0f} "
+                f"{mb(row['server_peak_rss_kb']):>7}"
+            )
+        print(
+            f"  {where}: single-event p99 / echo p99 {ratios['single_p99_vs_echo_p99']:.1f}x;"
+            f" server VmHWM {mb(run['server_vmhwm_kb'])} MB;"
+            f" ledger rows written {run['ledger_check']['written']:,}"
+            f" / acknowledged {run['ledger_check']['acknowledged']:,}"
+        )
+    for name, row in (
+        ("echo", echo_r),
+        *(
+            (f"{t} {k}", figures[t][k])
+            for t in ("in_process", "split")
+            for k in ("batched", "single")
+        ),
+    ):
+        if row["errors"] or row["budget_exhausted"]:
+            print(
+                f"  NOTE {name}: errors {row['errors']}, budget exhausted {row['budget_exhausted']}"
             )
 
     details = {
