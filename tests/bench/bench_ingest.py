@@ -546,7 +546,7 @@ def usage_rows(url: str) -> int:
 
 @contextlib.contextmanager
 def accrual_serve(
-    data_dir: Path, pg_port: int, grpc_port: int, projector: str | None
+    data_dir: Path, pg_port: int, grpc_port: int, projector: str | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], subprocess.Popen[bytes] | None]]:
     """``accrual serve`` and, when ``projector`` names its command, ``accrual
     project`` beside it, with the server's own projector off."""

@@ -179,7 +179,7 @@ def percentile(ordered: list[float], q: float) -> float:
 def measure(data_dir: Path, pg_port: int, url: str) -> dict[str, object]:
     figures: dict[str, object] = {"postgres": pg_version(url)}
     grpc_port = free_port()
-    with accrual_serve(data_dir, pg_port, grpc_port) as serve:
+    with accrual_serve(data_dir, pg_port, grpc_port) as (serve, _):
         address = f"127.0.0.1:{grpc_port}"
         wait_port(address, serve)
         # The served projector applies the usage while it is appended.
