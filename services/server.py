@@ -186,7 +186,10 @@ def _denial_recorder(app: App) -> DenialLog:
     return record
 
 
-GC_YOUNG_THRESHOLD: Final = 20_000  # allocations between young collections (CPython: 700)
+# Allocations between young collections (CPython: 700). A usage-rollup rebuild
+# of 1M events ran about 1.06x faster with 100,000 than with 20,000 (median of
+# three alternating runs each).
+GC_YOUNG_THRESHOLD: Final = 100_000
 GC_OLDER_THRESHOLDS: Final = (20, 20)
 
 
@@ -198,7 +201,8 @@ def tune_garbage_collector() -> None:
     ran every 700 allocations, a fifth of the append path's time (store append
     of 100,000 events: about 55,000 events/s before, 67,000 after). What is
     alive once serving starts (modules, descriptors, the wiring) lives as long
-    as the process, so it is frozen out of every collection.
+    as the process, so it is frozen out of every collection. The projection
+    runner and rebuilds, in their own processes, take the same settings.
     """
     gc.collect()  # garbage of startup is collected, not frozen with the rest
     gc.freeze()
