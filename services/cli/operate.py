@@ -15,7 +15,7 @@ from services.auth.credentials import ADMIN_TOKEN_FILE, APPROVER_TOKEN_FILE, ens
 from services.bootstrap import running_app
 from services.cli.runtime import DatabaseUrls, database, hand_projections_to_projector
 from services.config import Settings
-from services.server import serve
+from services.server import serve, tune_garbage_collector
 from services.telemetry import configure_telemetry
 
 _log = structlog.get_logger("accrual.cli")
@@ -86,6 +86,7 @@ def _run_projector(settings: Settings, args: argparse.Namespace) -> None:
 
         async def main() -> None:
             async with running_app(settings, urls.service, projector_url=urls.projector) as app:
+                tune_garbage_collector()  # as the server does: projecting allocates as much
                 if args.once:
                     applied = await app.runner.catch_up()
                     _log.info("caught up", events=applied)

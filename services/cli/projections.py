@@ -11,6 +11,7 @@ from projections.registry import status
 from services.bootstrap import App
 from services.cli.runtime import with_app
 from services.config import Settings
+from services.server import tune_garbage_collector
 
 
 def status_command(settings: Settings, _: argparse.Namespace) -> int:
@@ -41,6 +42,7 @@ def status_command(settings: Settings, _: argparse.Namespace) -> int:
 def rebuild_command(settings: Settings, args: argparse.Namespace) -> int:
     async def body(app: App) -> None:
         projection = await app.runner.start_rebuild(args.name, args.version)
+        tune_garbage_collector()
         print(f"building {args.name} v{args.version} beside the live version", file=sys.stderr)
         async for progress in app.runner.build(projection):
             print(
