@@ -19,7 +19,8 @@ def test_sessions_are_in_utc_and_keep_the_url_s_other_options(database_url: str)
         async with open_pool(elsewhere, max_size=1) as pool, pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT current_setting('TimeZone'), current_setting('search_path'),"
-                " timestamptz '2026-03-01 02:00Z', date_trunc('day', timestamptz '2026-03-01 02:00Z')"
+                " timestamptz '2026-03-01 02:00Z',"
+                " date_trunc('day', timestamptz '2026-03-01 02:00Z')"
             )
             zone, search_path, instant, day = await cur.fetchone() or ()
             assert (zone, search_path) == ("UTC", "public")
