@@ -44,7 +44,7 @@ from ledger.core.events import (
     SpendAlertTriggered,
     UsageRecorded,
 )
-from ledger.store.records import StoredEvent
+from ledger.store.records import RecordedEvent
 
 PAGE_SIZE_DEFAULT: Final = 100
 PAGE_SIZE_MAX: Final = 1_000
@@ -118,7 +118,7 @@ class AuditLog:
     async def apply(
         self,
         cur: AsyncCursor[TupleRow],
-        events: Sequence[StoredEvent],
+        events: Sequence[RecordedEvent],
         *,
         replaying: bool = False,  # no side effects to suppress
     ) -> None:
@@ -159,7 +159,7 @@ class AuditLog:
         return [AuditEntry(*row) for row in await cur.fetchall()]
 
 
-def entry_row(stored: StoredEvent) -> tuple[object, ...]:
+def entry_row(stored: RecordedEvent) -> tuple[object, ...]:
     metadata = json.loads(bytes(stored.metadata))
     customer_id, subject, summary = describe(stored.domain_event())
     return (

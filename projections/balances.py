@@ -33,7 +33,7 @@ from ledger.core.events import (
 )
 from ledger.core.validation import check_id
 from ledger.store.event_store import Pool, PostgresEventStore, snapshot
-from ledger.store.records import StoredEvent
+from ledger.store.records import RecordedEvent
 from projections.engine import checkpoint_of
 from projections.registry import live_version
 
@@ -47,7 +47,7 @@ CONSISTENCY_POLL_S: Final = 0.02
 CONSISTENCY_WAIT_S: Final = 5.0
 
 
-def customer_of(stored: StoredEvent) -> str:
+def customer_of(stored: RecordedEvent) -> str:
     """The customer whose stream holds a credit event (drawdowns do not name it)."""
     assert stored.stream_id.startswith(CUSTOMER_STREAM_PREFIX), stored.stream_id
     return stored.stream_id.removeprefix(CUSTOMER_STREAM_PREFIX)
@@ -135,7 +135,7 @@ class BalanceProjection:
     async def apply(
         self,
         cur: AsyncCursor[TupleRow],
-        events: Sequence[StoredEvent],
+        events: Sequence[RecordedEvent],
         *,
         replaying: bool = False,  # no side effects to suppress
     ) -> None:
@@ -143,7 +143,7 @@ class BalanceProjection:
             if stored.event_type in CREDIT_EVENTS:
                 await self._apply_one(cur, stored)
 
-    async def _apply_one(self, cur: AsyncCursor[TupleRow], stored: StoredEvent) -> None:
+    async def _apply_one(self, cur: AsyncCursor[TupleRow], stored: RecordedEvent) -> None:
         event = stored.domain_event()
         customer_id = customer_of(stored)
         entry = entry_of(event)

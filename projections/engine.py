@@ -29,11 +29,11 @@ from ledger.core.errors import DomainError, Rule, invalid
 from ledger.store.event_store import (
     NOTIFY_CHANNEL,
     Pool,
-    read_after,
     read_head,
-    read_types_at,
+    read_projected_after,
+    read_projected_types_at,
 )
-from ledger.store.records import StoredEvent
+from ledger.store.records import RecordedEvent
 from projections.registry import (
     REGISTRY_DDL,
     State,
@@ -89,7 +89,7 @@ class Projection(Protocol):
     async def apply(
         self,
         cur: AsyncCursor[TupleRow],
-        events: Sequence[StoredEvent],
+        events: Sequence[RecordedEvent],
         *,
         replaying: bool = False,
     ) -> None:
@@ -166,12 +166,12 @@ class ProjectionRunner:
         async with self._pool.connection() as conn, conn.transaction():
             checkpoint = await _lock_checkpoint(conn, projection)
             if projection.event_types is None:
-                events = await read_after(conn, checkpoint, limit)
+                events = await read_projected_after(conn, checkpoint, limit)
                 through = events[-1].seq if events else checkpoint
             else:
                 # seq is gapless and the head is read in the same snapshot as the rows.
                 through = min((await read_head(conn)).seq, checkpoint + limit)
-                events = await read_types_at(
+                events = await read_projected_types_at(
                     conn, sorted(projection.event_types), through, checkpoint
                 )
             if through == checkpoint:
@@ -183,7 +183,7 @@ class ProjectionRunner:
         self,
         conn: AsyncConnection[TupleRow],
         projection: Projection,
-        events: Sequence[StoredEvent],
+        events: Sequence[RecordedEvent],
         seqs: tuple[int, int],
         replaying: bool,
     ) -> None:
@@ -319,7 +319,7 @@ class ProjectionRunner:
                 )
             checkpoint = await _lock_checkpoint(conn, projection)
             # The last events since the build caught up, applied in the swap itself.
-            while events := await read_after(conn, checkpoint, BATCH_EVENTS_MAX):
+            while events := await read_projected_after(conn, checkpoint, BATCH_EVENTS_MAX):
                 async with conn.cursor() as cur:
                     # The live version already acted on these events.
                     await projection.apply(cur, events, replaying=True)
@@ -366,7 +366,7 @@ LINKS_SCANNED_MAX: Final = 4 * LINKS_MAX
 _tracer = trace.get_tracer("accrual.projections")
 
 
-def _call_links(events: Sequence[StoredEvent]) -> list[trace.Link]:
+def _call_links(events: Sequence[RecordedEvent]) -> list[trace.Link]:
     """Links to the traces of the calls that wrote these events (the first few).
 
     A call's events share their metadata, and a batch of events written without

@@ -41,7 +41,7 @@ from ledger.core.events import (
 )
 from ledger.core.validation import check_id
 from ledger.store.event_store import Pool, PostgresEventStore
-from ledger.store.records import StoredEvent
+from ledger.store.records import RecordedEvent
 from projections.balances import CREDIT_EVENTS, customer_of, entry_of, wait_until_projected
 from projections.registry import live_version
 
@@ -160,7 +160,7 @@ class EntitlementProjection:
     async def apply(
         self,
         cur: AsyncCursor[TupleRow],
-        events: Sequence[StoredEvent],
+        events: Sequence[RecordedEvent],
         *,
         replaying: bool = False,  # no side effects to suppress
     ) -> None:
@@ -175,7 +175,7 @@ class EntitlementProjection:
             elif kind in CREDIT_EVENTS:
                 await self._balance_entry(cur, stored)
 
-    async def _contract(self, cur: AsyncCursor[TupleRow], stored: StoredEvent) -> None:
+    async def _contract(self, cur: AsyncCursor[TupleRow], stored: RecordedEvent) -> None:
         event = stored.domain_event()
         if isinstance(event, ContractCreated):
             contract = event.contract
@@ -219,7 +219,7 @@ class EntitlementProjection:
         assert row is not None, f"contract {event.amendment.contract_id} was created first"
         return decode(Contract, json.loads(row[0]))
 
-    async def _card(self, cur: AsyncCursor[TupleRow], stored: StoredEvent) -> None:
+    async def _card(self, cur: AsyncCursor[TupleRow], stored: RecordedEvent) -> None:
         event = stored.domain_event()
         assert isinstance(event, RateCardPublished)
         card = event.rate_card
@@ -229,7 +229,7 @@ class EntitlementProjection:
             (card.rate_card_id, card.version, card.effective_from, list(card.product_ids)),
         )
 
-    async def _grant(self, cur: AsyncCursor[TupleRow], stored: StoredEvent) -> None:
+    async def _grant(self, cur: AsyncCursor[TupleRow], stored: RecordedEvent) -> None:
         event = stored.domain_event()
         assert isinstance(event, CreditGranted)
         grant, customer_id = event.grant, customer_of(stored)
@@ -249,7 +249,7 @@ class EntitlementProjection:
             [_grant_row(customer_id, grant, product, remaining) for product in _covered(grant)],
         )
 
-    async def _balance_entry(self, cur: AsyncCursor[TupleRow], stored: StoredEvent) -> None:
+    async def _balance_entry(self, cur: AsyncCursor[TupleRow], stored: RecordedEvent) -> None:
         entry = entry_of(stored.domain_event())
         await cur.execute(
             f"UPDATE {self.grants} SET remaining = remaining + %s"

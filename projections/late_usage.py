@@ -26,7 +26,7 @@ from ledger.app.streams import usage_stream, usage_stream_customer
 from ledger.core.events import InvoiceFinalized, UsageRecorded
 from ledger.core.invoice import Invoice
 from ledger.store.event_store import DEFAULT_PARTITION
-from ledger.store.records import StoredEvent
+from ledger.store.records import RecordedEvent
 
 
 class LateUsage:
@@ -58,7 +58,7 @@ class LateUsage:
     async def apply(
         self,
         cur: AsyncCursor[TupleRow],
-        events: Sequence[StoredEvent],
+        events: Sequence[RecordedEvent],
         *,
         replaying: bool = False,  # no side effects to suppress
     ) -> None:
@@ -148,7 +148,7 @@ async def _recorded_while_finalizing(
     return [(customer_id, row[0], row[1]) for row in await cur.fetchall()]
 
 
-def _customers(events: Sequence[StoredEvent]) -> list[str]:
+def _customers(events: Sequence[RecordedEvent]) -> list[str]:
     """Customers who sent usage or had an invoice finalized in this batch."""
     customers = set()
     for stored in events:
@@ -159,7 +159,7 @@ def _customers(events: Sequence[StoredEvent]) -> list[str]:
     return sorted(customers)
 
 
-def _finalized(stored: StoredEvent) -> InvoiceFinalized:
+def _finalized(stored: RecordedEvent) -> InvoiceFinalized:
     event = stored.domain_event()
     assert isinstance(event, InvoiceFinalized)
     return event

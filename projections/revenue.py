@@ -22,7 +22,7 @@ from ledger.core.canonical import canonical_json
 from ledger.core.events import InvoiceFinalized, InvoiceVoided, ProductCostSet
 from ledger.core.invoice import Invoice, LineKind, minor_unit_places
 from ledger.core.reporting import ProductCost, RevenueLine
-from ledger.store.records import StoredEvent
+from ledger.store.records import RecordedEvent
 
 REVENUE_EVENTS: Final = frozenset(
     cls.EVENT_TYPE for cls in (InvoiceFinalized, InvoiceVoided, ProductCostSet)
@@ -102,7 +102,7 @@ class RevenueProjection:
     async def apply(
         self,
         cur: AsyncCursor[TupleRow],
-        events: Sequence[StoredEvent],
+        events: Sequence[RecordedEvent],
         *,
         replaying: bool = False,  # no side effects to suppress
     ) -> None:

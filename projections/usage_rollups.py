@@ -27,7 +27,7 @@ from ledger.core.codec import decode, encode
 from ledger.core.errors import DomainError, Rule
 from ledger.core.events import BillableMetricCreated, UsageRecorded, from_payload
 from ledger.core.metering import GroupKey, Latest, Running, Tally, group_of, matches
-from ledger.store.records import StoredEvent
+from ledger.store.records import RecordedEvent
 
 BUCKET: Final = timedelta(hours=1)
 BACKFILL_BATCH: Final = 5_000
@@ -139,7 +139,7 @@ class UsageRollups:
     async def apply(
         self,
         cur: AsyncCursor[TupleRow],
-        events: Sequence[StoredEvent],
+        events: Sequence[RecordedEvent],
         *,
         replaying: bool = False,  # no side effects to suppress
     ) -> None:

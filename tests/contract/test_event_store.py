@@ -20,7 +20,13 @@ from ledger.core.canonical import canonical_json
 from ledger.core.errors import DomainError, Rule
 from ledger.core.events import to_payload
 from ledger.store.chain import GENESIS_HASH
-from ledger.store.event_store import PostgresEventStore
+from ledger.store.event_store import (
+    PostgresEventStore,
+    read_after,
+    read_projected_after,
+    read_projected_types_at,
+    read_types_at,
+)
 from ledger.store.records import Appended, Duplicate, KeyReused, NewEvent, StoredEvent
 from ledger.store.verify import recompute_hash, verify_ledger
 from tests.contract.support import (
@@ -339,6 +345,33 @@ def test_untampered_ledger_verifies(database_url: str) -> None:
         assert report.events_checked == 300
         assert report.last_seq == 300 == head.seq
         assert report.last_hash == head.hash
+
+    run_with_store(database_url, body)
+
+
+def projected(event: StoredEvent) -> tuple[Any, ...]:
+    return (
+        *(event.seq, event.stream_id, event.event_type, event.schema_version),
+        *(event.payload, event.metadata, event.occurred_at, event.recorded_at),
+    )
+
+
+def test_projection_reads_give_the_stored_rows_columns_and_events(database_url: str) -> None:
+    async def body(store: PostgresEventStore) -> None:
+        await append_mixed_ledger(store, 150)
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            full, light = await read_after(conn, 0, 500), await read_projected_after(conn, 0, 500)
+            assert [projected(event) for event in full] == [tuple(row) for row in light]
+            assert [e.domain_event() for e in full] == [e.domain_event() for e in light]
+            page = await read_projected_after(conn, 40, 25)
+            assert [row.seq for row in page] == list(range(41, 66))
+            types = sorted({e.event_type for e in full if e.event_type != "UsageRecorded"})
+            assert types, "the ledger holds events other than usage"
+            some = await read_types_at(conn, types, 120, 3)
+            assert [projected(e) for e in some] == [
+                tuple(row) for row in await read_projected_types_at(conn, types, 120, 3)
+            ]
+            assert some and all(3 < e.seq <= 120 for e in some)
 
     run_with_store(database_url, body)
 
