@@ -25,7 +25,12 @@ from ledger.core.canonical import canonical_json, format_instant
 from ledger.core.catalog import Aggregation, BillableMetric
 from ledger.core.codec import decode, encode
 from ledger.core.errors import DomainError, Rule
-from ledger.core.events import BillableMetricCreated, UsageRecorded, from_payload
+from ledger.core.events import (
+    BillableMetricCreated,
+    UsageRecorded,
+    from_payload,
+    usage_from_bytes,
+)
 from ledger.core.metering import GroupKey, Latest, Running, Tally, group_of, matches
 from ledger.store.records import RecordedEvent
 
@@ -155,7 +160,7 @@ class UsageRollups:
         async with cur.connection.pipeline():
             for stored in events:
                 if stored.event_type == UsageRecorded.EVENT_TYPE:
-                    event = stored.domain_event()
+                    event = usage_from_bytes(stored.schema_version, stored.payload)
                     assert isinstance(event, UsageRecorded)
                     _accumulate(pending, stored.seq, event, by_type.get(event.event_type, ()))
                     folded += 1
@@ -453,6 +458,7 @@ def _accumulate(
             continue
         group = encode_group(group_of(metric, event.properties))
         key = (event.customer_id, metric.metric_id, group, bucket_start(event.occurred_at))
-        if key not in pending:
-            pending[key] = Running()
-        pending[key].add(metric, event, seq)
+        run = pending.get(key)  # one lookup of the four-part key, not two or three
+        if run is None:
+            run = pending[key] = Running()
+        run.add(metric, event, seq)

@@ -320,7 +320,9 @@ def usage_from_bytes(schema_version: int, payload: bytes) -> DomainEvent:
 def usage_from_payload(schema_version: int, payload: dict[str, Any]) -> DomainEvent:
     """A stored usage payload as its event, built directly: projections, drafts and
     replays decode usage more than anything else. It must equal
-    :func:`from_payload` (a property test checks); other versions go through it."""
+    :func:`from_payload` (a property test checks); other versions go through it.
+    The event keeps the payload's properties dict, uncopied: pass a payload that
+    nothing else holds, as one just parsed."""
     if schema_version != UsageRecorded.SCHEMA_VERSION:
         return from_payload(UsageRecorded.EVENT_TYPE, schema_version, payload)
     return UsageRecorded(
@@ -328,7 +330,7 @@ def usage_from_payload(schema_version: int, payload: dict[str, Any]) -> DomainEv
         payload["transaction_id"],
         payload["event_type"],
         parse_instant(payload["occurred_at"]),
-        dict(payload["properties"]),
+        payload["properties"],
     )
 
 
