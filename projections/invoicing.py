@@ -56,9 +56,10 @@ from ledger.core.metering import Tally, UsageKey, fold_usage, merge_tallies
 from ledger.store.event_store import (
     Pool,
     PostgresEventStore,
+    iter_stream_between,
+    iter_stream_recorded_after,
     read_head,
     read_stream_between,
-    read_stream_recorded_after,
     snapshot,
 )
 from ledger.store.records import StoredEvent
@@ -122,6 +123,8 @@ LIST_PAGE_DEFAULT: Final = 12
 # Each draft is priced (rollups, tail, settlement): a report or forecast over many
 # customers is refused past this many rather than holding a snapshot for minutes.
 DRAFTS_PER_CALL_MAX: Final = 500
+# Raw events a draft folds at a time: its memory, however long the tail.
+TAIL_BATCH: Final = 5_000
 LIST_PAGE_MAX: Final = 100
 
 
@@ -398,13 +401,20 @@ class Invoicing:
         period = (plan.period.start if since is None else max(plan.period.start, since), end)
         parts, edge_events = await _rolled(conn, rollups, plan, rolled, (period, checkpoint))
         parts.append(self._fold(plan, edge_events, rolled))
+        # Folded batch by batch and merged, as rollups merge: a projector far behind
+        # leaves a long tail, which must not all be held in memory at once.
         if fresh:
-            before = await read_stream_between(conn, stream, period, (0, checkpoint))
-            parts.append(self._fold(plan, before, fresh))
+            async for rows in iter_stream_between(
+                conn, stream, period, (0, checkpoint), TAIL_BATCH
+            ):
+                parts.append(self._fold(plan, rows, fresh))
         # Found by seq, not by business time: the period may hold millions of events
         # and the tail beyond the checkpoint only a few, so a draft's cost stays flat.
-        tail = await read_stream_recorded_after(conn, stream, period, (checkpoint, head))
-        parts.append(self._fold(plan, tail, plan.catalog.metrics.values()))
+        metrics = list(plan.catalog.metrics.values())
+        async for rows in iter_stream_recorded_after(
+            conn, stream, period, (checkpoint, head), TAIL_BATCH
+        ):
+            parts.append(self._fold(plan, rows, metrics))
         return merge_tallies(*parts)
 
     @staticmethod

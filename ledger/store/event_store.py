@@ -394,18 +394,45 @@ async def read_stream_recorded_after(
     """Like :func:`read_stream_between`, for a long span of business time and a short
     one of seqs (the tail beyond a checkpoint, late usage since a finalization):
     cost follows the seqs, not the span."""
-    start, end = occurred
+    versions = await _stream_versions_at(conn, stream_id, seqs)
+    if versions is None:
+        return []
+    cur = await conn.execute(_STREAM_VERSIONS_BETWEEN, (stream_id, *versions, *occurred))
+    return [stored_event(row) for row in await cur.fetchall()]
+
+
+async def iter_stream_recorded_after(
+    conn: AsyncConnection[TupleRow],
+    stream_id: str,
+    occurred: tuple[datetime, datetime],
+    seqs: tuple[int, int],
+    batch: int = 5_000,
+) -> AsyncIterator[list[StoredEvent]]:
+    """:func:`read_stream_recorded_after` in batches from a server-side cursor, for
+    a tail that may be long (a projector far behind): memory stays flat. The
+    connection must be inside a transaction (a named cursor lives in one)."""
+    versions = await _stream_versions_at(conn, stream_id, seqs)
+    if versions is None:
+        return
+    async with conn.cursor(name="accrual_stream_recorded_after") as cur:
+        await cur.execute(_STREAM_VERSIONS_BETWEEN, (stream_id, *versions, *occurred))
+        while rows := await cur.fetchmany(batch):
+            yield [stored_event(row) for row in rows]
+
+
+async def _stream_versions_at(
+    conn: AsyncConnection[TupleRow], stream_id: str, seqs: tuple[int, int]
+) -> tuple[int, int] | None:
+    """The stream's versions ``(first, last]`` that fall in the seqs ``(lo, hi]``,
+    or None if there are none."""
     lo, hi = seqs
     if lo >= hi:
-        return []
+        return None
     cur = await conn.execute(_STREAM_VERSIONS_AT, {"stream": stream_id, "lo": lo, "hi": hi})
     bounds = await cur.fetchone()
     assert bounds is not None
     first, last = (int(version or 0) for version in bounds)
-    if first >= last:
-        return []
-    cur = await conn.execute(_STREAM_VERSIONS_BETWEEN, (stream_id, first, last, start, end))
-    return [stored_event(row) for row in await cur.fetchall()]
+    return None if first >= last else (first, last)
 
 
 async def iter_stream_between(

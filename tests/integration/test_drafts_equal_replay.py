@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
+
 from ledger.app.billing import replay_invoice
 from ledger.app.catalog import MetricInput, RateCardInput
 from ledger.app.context import RequestContext
@@ -22,6 +24,7 @@ from ledger.app.usage import UsageInput, UsageStatus
 from ledger.core.catalog import Product
 from ledger.core.invoice import InvoiceLine, LineKind, canonical_invoice
 from ledger.core.rate_specs import RateSpec, TierSpec
+from projections import invoicing
 from services.bootstrap import App, running_app
 from services.config import Settings
 from tests.integration.pricing import publish_approved
@@ -152,6 +155,20 @@ def test_drafts_from_rollups_equal_replays_at_every_stage(database_url: str) -> 
         assert await assert_drafts_equal_replays(app) == 2  # everything rolled up
         await app.record_usage(usage_events(rng, 200, 300), CTX)
         assert await assert_drafts_equal_replays(app) == 2  # a raw tail again
+
+    run(database_url, body)
+
+
+def test_drafts_folding_their_raw_events_in_small_batches_equal_replays(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(invoicing, "TAIL_BATCH", 7)  # tails of hundreds: many batches
+
+    async def body(app: App) -> None:
+        await set_up_world(app, random.Random(5))
+        assert await assert_drafts_equal_replays(app) == 2  # every event in the tail
+        await app.runner.run_batch(app.runner.projection("usage_rollups", 1), limit=150)
+        assert await assert_drafts_equal_replays(app) == 2  # and fresh metrics' events
 
     run(database_url, body)
 

@@ -12,7 +12,11 @@ import random
 from datetime import timedelta
 
 from ledger.core.events import UsageRecorded
-from ledger.store.event_store import read_stream_between, read_stream_recorded_after
+from ledger.store.event_store import (
+    iter_stream_recorded_after,
+    read_stream_between,
+    read_stream_recorded_after,
+)
 from ledger.store.records import NewEvent
 from services.bootstrap import App
 from tests.integration.test_projection_ops import NOW, run_app
@@ -39,6 +43,8 @@ def test_reading_by_stream_position_equals_reading_by_business_time(database_url
                         by_time = await read_stream_between(conn, stream, span, (lo, hi))
                         by_seq = await read_stream_recorded_after(conn, stream, span, (lo, hi))
                         assert by_seq == by_time, (stream, lo, hi)
+                        batches = iter_stream_recorded_after(conn, stream, span, (lo, hi), 2)
+                        assert [e async for rows in batches for e in rows] == by_time
                         checked += len(by_seq)
         assert checked > 1_000  # the ranges held events, not only empty answers
 
