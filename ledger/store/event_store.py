@@ -408,15 +408,19 @@ async def iter_stream_recorded_after(
     seqs: tuple[int, int],
     batch: int = 5_000,
 ) -> AsyncIterator[list[StoredEvent]]:
-    """:func:`read_stream_recorded_after` in batches from a server-side cursor, for
-    a tail that may be long (a projector far behind): memory stays flat. The
-    connection must be inside a transaction (a named cursor lives in one)."""
+    """:func:`read_stream_recorded_after` in batches of at most ``batch`` stream
+    versions, for a tail that may be long (a projector far behind): memory stays
+    flat. Each batch is one plain query, so a short tail, the usual case for a
+    draft, costs what the single read costs (a server-side cursor would add
+    round trips to every draft)."""
     versions = await _stream_versions_at(conn, stream_id, seqs)
     if versions is None:
         return
-    async with conn.cursor(name="accrual_stream_recorded_after") as cur:
-        await cur.execute(_STREAM_VERSIONS_BETWEEN, (stream_id, *versions, *occurred))
-        while rows := await cur.fetchmany(batch):
+    first, last = versions
+    for lo in range(first, last, batch):
+        hi = min(lo + batch, last)
+        cur = await conn.execute(_STREAM_VERSIONS_BETWEEN, (stream_id, lo, hi, *occurred))
+        if rows := await cur.fetchall():
             yield [stored_event(row) for row in rows]
 
 
