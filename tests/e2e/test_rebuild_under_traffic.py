@@ -30,8 +30,9 @@ def live_version(database_url: str, name: str) -> int:
 def test_rebuild_and_swap_under_traffic_fail_no_call(
     server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Forty batches rather than one of 50,000, so that traffic runs between them.
-    monkeypatch.setattr(engine, "REBUILD_BATCH_EVENTS", 500)
+    # Batches of 500 after the first rather than of 50,000, so that traffic runs
+    # between them.
+    monkeypatch.setattr(engine, "rebuild_batch_events", lambda *_: 500)
     world = setup_world(server)
     at = world.first_period_instant
     history = 20_000  # enough history that the rebuild takes a while

@@ -20,6 +20,7 @@ from projections.engine import ProjectionRunner
 from projections.usage_rollups import UsageRollups
 from services.bootstrap import App, open_pool, running_app
 from services.config import Settings
+from tests.contract.support import tamper
 
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
 CTX = RequestContext(actor="test", reason="integration test")
@@ -102,6 +103,28 @@ def test_a_batch_that_fails_leaves_neither_rows_nor_checkpoint(database_url: str
         assert await rolled_up(app) == (EVENTS, 2 * EVENTS)
 
     run_app(database_url, body)
+
+
+def test_a_gap_in_the_ledger_stops_the_runner_loudly(database_url: str) -> None:
+    async def body(app: App) -> None:
+        await seed(app)
+        rollups = app.runner.projection("usage_rollups", 1)
+        assert await app.runner.run_batch(rollups, limit=100) == 100
+        for seq in (101, 102):  # damage: rows gone, which the triggers otherwise refuse
+            await tamper(database_url, "DELETE FROM events WHERE seq = %s", (seq,))
+        with pytest.raises(RuntimeError, match="no ledger rows after seq 100 to its head"):
+            await app.runner.run_batch(rollups, limit=2)
+        assert await app.runner.run_batch(rollups, limit=3) == 3  # a smaller gap is passed
+
+    run_app(database_url, body)
+
+
+def test_rebuild_batches_hold_about_a_fixed_payload() -> None:
+    assert engine.rebuild_batch_events(2_000, 2_000 * 300) == engine.REBUILD_BATCH_EVENTS
+    assert engine.rebuild_batch_events(2_000, 2_000 * 60_000) == engine.BATCH_EVENTS_MAX
+    fitting = engine.rebuild_batch_events(2_000, 2_000 * 2_048)
+    assert fitting == engine.REBUILD_BATCH_BYTES // 2_048
+    assert engine.rebuild_batch_events(0, 0) == engine.BATCH_EVENTS_MAX  # no history to size by
 
 
 def test_appends_in_quick_succession_are_applied_together(
