@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -170,7 +171,9 @@ def utc_sessions(database_url: str) -> str:
     from 1.1 to 0.8 us a row), and SQL that truncates instants truncates UTC days.
     """
     params = conninfo_to_dict(database_url)
-    options = str(params.get("options") or "")
+    # libpq reads PGOPTIONS only when the URL sets no options; these now always
+    # do, so the environment's are carried over.
+    options = str(params.get("options") or os.environ.get("PGOPTIONS", ""))
     return make_conninfo(database_url, options=f"{options} -c TimeZone=UTC".strip())
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import pytest
 from psycopg.conninfo import make_conninfo
 
-from services.bootstrap import open_pool
+from services.bootstrap import open_pool, utc_sessions
 
 
 def test_sessions_are_in_utc_and_keep_the_url_s_other_options(database_url: str) -> None:
@@ -30,3 +31,13 @@ def test_sessions_are_in_utc_and_keep_the_url_s_other_options(database_url: str)
             assert day == datetime(2026, 3, 1, tzinfo=UTC)  # New York's day began on 28 Feb
 
     asyncio.run(main())
+
+
+def test_options_from_the_environment_are_kept_when_the_url_has_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PGOPTIONS", "-c statement_timeout=5s")
+    url = "postgresql://app@db.example:5432/ledger"
+    assert "options='-c statement_timeout=5s -c TimeZone=UTC'" in utc_sessions(url)
+    given = url + "?options=-c%20search_path%3Dx"
+    assert "options='-c search_path=x -c TimeZone=UTC'" in utc_sessions(given)  # the URL wins
