@@ -26,8 +26,8 @@ from ledger.store.event_store import (
     Pool,
     PostgresEventStore,
     iter_stream_between,
+    iter_stream_recorded_after,
     read_head,
-    read_stream_recorded_after,
     snapshot,
 )
 from ledger.store.records import StoredEvent
@@ -97,7 +97,7 @@ class Statements:
         bounds = day_bounds(plan.period.start, plan.period.end)
         stream = usage_stream(invoice.customer_id)
         span = (plan.period.start, plan.period.end)
-        if await read_stream_recorded_after(conn, stream, span, (through, head)):
+        if await _any_recorded_after(conn, stream, span, (through, head)):
             per_day = await _raw_days(conn, plan, through, bounds)
         else:
             usage = self._invoicing.usage
@@ -172,3 +172,15 @@ def _usage(plan: InvoicePlan, tallies: DayTallies) -> tuple[MetricUsage, ...]:
         MetricUsage(metric_id, tally.quantity(plan.catalog.metrics[metric_id].aggregation))
         for metric_id, tally in sorted(merged.items())
     )
+
+
+async def _any_recorded_after(
+    conn: Conn, stream: str, span: tuple[datetime, datetime], seqs: tuple[int, int]
+) -> bool:
+    """Whether any of the stream's usage in ``span`` was recorded in ``seqs``: at
+    most one page read, however much late usage there is."""
+    pages = iter_stream_recorded_after(conn, stream, span, seqs)
+    try:
+        return await anext(pages, None) is not None
+    finally:
+        await pages.aclose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -407,7 +407,7 @@ async def iter_stream_recorded_after(
     occurred: tuple[datetime, datetime],
     seqs: tuple[int, int],
     batch: int = 5_000,
-) -> AsyncIterator[list[StoredEvent]]:
+) -> AsyncGenerator[list[StoredEvent], None]:
     """:func:`read_stream_recorded_after` in batches of at most ``batch`` stream
     versions, for a tail that may be long (a projector far behind): memory stays
     flat. Each batch is one plain query, so a short tail, the usual case for a
