@@ -8,6 +8,7 @@ each other's rows.
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,16 @@ from services.logs import configure_logging
 configure_logging("json")
 
 TEMPLATE = f"accrual_template_{os.getpid()}"
+
+
+@pytest.fixture(autouse=True)
+def _garbage_collector_as_it_was() -> Iterator[None]:
+    """Commands run in-process (``cli.main``) tune the collector for their
+    process, which is then pytest's: each test gets the settings back after."""
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
 
 
 def _with_database(url: str, name: str) -> str:
