@@ -36,8 +36,10 @@ from ledger.store.records import RecordedEvent
 
 BUCKET: Final = timedelta(hours=1)
 BACKFILL_BATCH: Final = 5_000
-# Usage events folded before their rows are sent (see UsageRollups.apply).
+# Usage events folded, or rows pending, before the rows are sent (see
+# UsageRollups.apply): an event makes a row for each metric that selects it.
 FLUSH_EVENTS: Final = 25_000
+FLUSH_ROWS: Final = 25_000
 
 Span = tuple[datetime, datetime]
 # (customer_id, metric_id, group key JSON, bucket start)
@@ -164,7 +166,7 @@ class UsageRollups:
                     assert isinstance(event, UsageRecorded)
                     _accumulate(pending, stored.seq, event, by_type.get(event.event_type, ()))
                     folded += 1
-                    if folded % FLUSH_EVENTS == 0:
+                    if folded % FLUSH_EVENTS == 0 or len(pending) >= FLUSH_ROWS:
                         await self._flush(cur, pending)
                         pending = {}
                 elif stored.event_type == BillableMetricCreated.EVENT_TYPE:

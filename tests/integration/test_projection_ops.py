@@ -154,6 +154,7 @@ def test_rollups_folded_in_pipelined_chunks_equal_rollups_folded_whole(
         await seed(app, 500, offset=1_500)
         await app.runner.catch_up()  # version 1, in whole batches
         monkeypatch.setattr(usage_rollups, "FLUSH_EVENTS", 7)
+        monkeypatch.setattr(usage_rollups, "FLUSH_ROWS", 5)  # two metrics: rows first
         fresh = await app.runner.start_rebuild("usage_rollups", 2)
         async for _ in app.runner.build(fresh):
             pass
