@@ -394,11 +394,8 @@ async def read_stream_recorded_after(
     """Like :func:`read_stream_between`, for a long span of business time and a short
     one of seqs (the tail beyond a checkpoint, late usage since a finalization):
     cost follows the seqs, not the span."""
-    versions = await _stream_versions_at(conn, stream_id, seqs)
-    if versions is None:
-        return []
-    cur = await conn.execute(_STREAM_VERSIONS_BETWEEN, (stream_id, *versions, *occurred))
-    return [stored_event(row) for row in await cur.fetchall()]
+    pages = iter_stream_recorded_after(conn, stream_id, occurred, seqs)
+    return [event async for page in pages for event in page]
 
 
 async def iter_stream_recorded_after(
