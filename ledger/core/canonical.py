@@ -27,10 +27,16 @@ def format_instant(instant: datetime) -> str:
     assert instant.tzinfo is not None, "instants must be timezone-aware"
     utc = instant if instant.tzinfo is UTC else instant.astimezone(UTC)
     # Formatted field by field: strftime is slow on the append path, and its %Y
-    # does not pad years below 1000 on every platform.
-    return (
-        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
-        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}Z"
+    # does not pad years below 1000 on every platform. %-formatting, since an
+    # f-string calls __format__ per field: twice the cost, twice per appended row.
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031
+        utc.year,
+        utc.month,
+        utc.day,
+        utc.hour,
+        utc.minute,
+        utc.second,
+        utc.microsecond,
     )
 
 
