@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -53,6 +53,7 @@ INSTANT_MAX = datetime(3000, 1, 1, tzinfo=UTC)
 # protobuf Timestamps span years 1..9999; Python datetimes do too, but not below.
 _TIMESTAMP_SECONDS_MIN = -62_135_596_800
 _TIMESTAMP_SECONDS_MAX = 253_402_300_799
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def to_datetime(ts: Timestamp) -> datetime | None:
@@ -61,7 +62,9 @@ def to_datetime(ts: Timestamp) -> datetime | None:
         0 <= ts.nanos < 1_000_000_000
     ):
         return None
-    return ts.ToDatetime(tzinfo=UTC)
+    # Built directly: protobuf's ToDatetime is Python, and twice the cost (batched
+    # ingest converts a thousand per call). Nanoseconds are truncated, as it does.
+    return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1_000)
 
 
 def optional_datetime(message: object, field: str) -> datetime | None:
@@ -360,12 +363,13 @@ def invoice_message(invoice: Invoice, status: str, sha256: str) -> invoices_pb2.
 
 def usage_inputs(events: Iterable[usage_pb2.UsageEvent]) -> list[UsageInput]:
     return [
+        # Positional: keywords cost a named tuple a third more, a thousand times a call.
         UsageInput(
-            transaction_id=event.transaction_id,
-            customer_id=event.customer_id,
-            event_type=event.event_type,
-            occurred_at=usage_timestamp(event),
-            properties=dict(event.properties),
+            event.transaction_id,
+            event.customer_id,
+            event.event_type,
+            usage_timestamp(event),
+            dict(event.properties),
         )
         for event in events
     ]

@@ -2,7 +2,8 @@
 
 Ingest builds usage keys and row-hash headers without walking each value; a
 stored row's hash, and every idempotency key, must not depend on which path
-encoded it, or verifying an older ledger (or a retry) would fail.
+encoded it, or verifying an older ledger (or a retry) would fail. Likewise a
+usage event's timestamp, converted without protobuf's own (slower) method.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import json
 from datetime import UTC, datetime, timedelta, timezone
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,6 +27,7 @@ from ledger.core.events import (
     usage_payload_bytes,
 )
 from ledger.store.chain import row_hash
+from services.convert import to_datetime
 
 texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=16)
 instants = st.datetimes(
@@ -149,3 +152,20 @@ def test_usage_is_decoded_as_the_generic_decoder_does(
     assert isinstance(fast, UsageRecorded) and fast.occurred_at.tzinfo is UTC
     # From the stored bytes, as replays and rollups read them.
     assert usage_from_bytes(UsageRecorded.SCHEMA_VERSION, usage_payload_bytes(event)) == event
+
+
+@given(
+    seconds=st.integers(-62_135_596_800, 253_402_300_799),
+    nanos=st.integers(0, 999_999_999),
+)
+def test_timestamps_convert_as_protobuf_does(seconds: int, nanos: int) -> None:
+    ts = Timestamp(seconds=seconds, nanos=nanos)
+    converted = to_datetime(ts)
+    assert converted == ts.ToDatetime(tzinfo=UTC)
+    assert converted is not None and converted.tzinfo is UTC
+
+
+def test_timestamps_out_of_range_convert_to_none() -> None:
+    assert to_datetime(Timestamp(seconds=253_402_300_800)) is None
+    assert to_datetime(Timestamp(seconds=0, nanos=1_000_000_000)) is None
+    assert to_datetime(Timestamp(seconds=-62_135_596_801)) is None
