@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from json.encoder import encode_basestring
-from typing import Final
+from typing import Final, NamedTuple
 
 from ledger.app.catalog import MetricRegistry
 from ledger.app.context import RequestContext
@@ -34,8 +33,12 @@ class UsageStatus(Enum):
     REJECTED = "REJECTED"
 
 
-@dataclass(frozen=True)
-class UsageInput:
+class UsageInput(NamedTuple):
+    """One event of a RecordUsage call, as the caller sent it.
+
+    Named tuples, here and for results: a batch builds a thousand of each, and a
+    frozen dataclass sets every field through ``object.__setattr__``."""
+
     transaction_id: str
     customer_id: str
     event_type: str
@@ -43,8 +46,7 @@ class UsageInput:
     properties: Mapping[str, str]
 
 
-@dataclass(frozen=True)
-class UsageResult:
+class UsageResult(NamedTuple):
     transaction_id: str
     status: UsageStatus
     reason: str = ""
@@ -53,9 +55,9 @@ class UsageResult:
 
 def _result(item: UsageInput, outcome: AppendOutcome) -> UsageResult:
     if isinstance(outcome, Appended):
-        return UsageResult(item.transaction_id, UsageStatus.ACCEPTED, seq=outcome.seq)
+        return UsageResult(item.transaction_id, UsageStatus.ACCEPTED, "", outcome.seq)
     if isinstance(outcome, Duplicate):
-        return UsageResult(item.transaction_id, UsageStatus.DUPLICATE, seq=outcome.seq)
+        return UsageResult(item.transaction_id, UsageStatus.DUPLICATE, "", outcome.seq)
     assert isinstance(outcome, KeyReused)
     reason = "transaction_id was already used for a different event"
     return UsageResult(item.transaction_id, UsageStatus.REJECTED, reason, outcome.seq)
@@ -131,7 +133,9 @@ class RecordUsage:
 
     async def _rejections(self, items: Sequence[UsageInput]) -> list[str | None]:
         now = self._clock()
-        customers = {customer_stream(i.customer_id) for i in items if _ids_ok(i)}
+        # Only well-formed customer ids reach the lookup; each is looked up once.
+        customer_ids = {i.customer_id for i in items}
+        customers = {customer_stream(c) for c in customer_ids if ID_PATTERN.fullmatch(c)}
         known_customers = await self._known(customers)
         metrics = await self._metrics.current()
         rejections: list[str | None] = []

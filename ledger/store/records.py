@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import NamedTuple, Protocol
 
 from ledger.core.canonical import canonical_json
@@ -19,16 +20,20 @@ from ledger.core.events import (
 
 ANY_VERSION = None
 NEW_STREAM = 0
+_NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
 
-@dataclass(frozen=True)
-class NewEvent:
-    """An event to append. ``expected_version`` None appends at any version."""
+class NewEvent(NamedTuple):
+    """An event to append. ``expected_version`` None appends at any version.
+
+    A named tuple, like :class:`StoredEvent`: batched ingest builds one per usage
+    event, and a frozen dataclass sets each field through ``object.__setattr__``.
+    """
 
     stream_id: str
     event: DomainEvent
     occurred_at: datetime
-    metadata: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = _NO_METADATA
     idempotency_key: str | None = None
     request_hash: str | None = None
     expected_version: int | None = ANY_VERSION
