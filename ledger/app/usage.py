@@ -182,14 +182,16 @@ def usage_to_append(event: UsageRecorded, metadata: Mapping[str, str]) -> NewEve
     """What RecordUsage appends for a usage event: its stream, idempotency key and
     request hash, and its payload encoded once (the hash is of those bytes)."""
     payload = usage_payload_bytes(event)
+    digest = sha256_hex(payload)
     return NewEvent(
         stream_id=usage_stream(event.customer_id),
         event=event,
         occurred_at=event.occurred_at,
         metadata=metadata,
         idempotency_key=usage_key(event.customer_id, event.transaction_id),
-        request_hash=sha256_hex(payload),
+        request_hash=digest,
         payload=payload,
+        payload_sha256=digest,
     )
 
 

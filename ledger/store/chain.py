@@ -35,15 +35,50 @@ def row_hash(
     request_hash: str | None,
 ) -> bytes:
     """The chain hash of one row given its predecessor's hash."""
+    return header_hash(
+        prev_hash,
+        seq,
+        partition,
+        stream_id,
+        stream_version,
+        event_type,
+        schema_version,
+        hashlib.sha256(payload).hexdigest(),
+        hashlib.sha256(metadata).hexdigest(),
+        format_instant(occurred_at),
+        recorded_text(recorded_at),
+        idempotency_key,
+        request_hash,
+    )
+
+
+def header_hash(  # noqa: PLR0917 - the header's fields, positional on the append path
+    prev_hash: bytes,
+    seq: int,
+    partition: int,
+    stream_id: str,
+    stream_version: int,
+    event_type: str,
+    schema_version: int,
+    payload_sha256: str,
+    metadata_sha256: str,
+    occurred_text: str,
+    recorded_text: str,
+    idempotency_key: str | None,
+    request_hash: str | None,
+) -> bytes:
+    """:func:`row_hash` from the header's parts, digests and instants already text:
+    an append shares one metadata digest and one ``recorded_at`` across its rows,
+    and usage hashes its payload once, for its request hash."""
     # The header is the canonical JSON of the fields (sorted keys, no spaces),
     # written out directly: a test holds it byte-equal to canonical_json. On the
     # append path a JSON encoder cost half of building a row.
     header = (
         f'{{"event_type":{_text(event_type)},"idempotency_key":{_text(idempotency_key)},'
-        f'"metadata_sha256":"{hashlib.sha256(metadata).hexdigest()}",'
-        f'"occurred_at":"{format_instant(occurred_at)}","partition":{partition:d},'
-        f'"payload_sha256":"{hashlib.sha256(payload).hexdigest()}",'
-        f'"recorded_at":"{_recorded_text(recorded_at.astimezone(UTC))}","request_hash":{_text(request_hash)},'
+        f'"metadata_sha256":"{metadata_sha256}",'
+        f'"occurred_at":"{occurred_text}","partition":{partition:d},'
+        f'"payload_sha256":"{payload_sha256}",'
+        f'"recorded_at":"{recorded_text}","request_hash":{_text(request_hash)},'
         f'"schema_version":{schema_version:d},"seq":{seq:d},"stream_id":{_text(stream_id)},'
         f'"stream_version":{stream_version:d}}}'
     )
@@ -55,8 +90,14 @@ def _text(value: str | None) -> str:
     return "null" if value is None else encode_basestring(value)
 
 
+def recorded_text(recorded_at: datetime) -> str:
+    """``recorded_at`` as the header writes it, cached: rows of one append share it.
+
+    Keyed in UTC, since two local times either side of a DST fall-back compare
+    (and hash) equal."""
+    return _recorded_utc_text(recorded_at.astimezone(UTC))
+
+
 @functools.lru_cache(maxsize=16)
-def _recorded_text(recorded_at: datetime) -> str:
-    # One per append transaction: its rows share it. Keyed in UTC, since two
-    # local times either side of a DST fall-back compare (and hash) equal.
+def _recorded_utc_text(recorded_at: datetime) -> str:
     return format_instant(recorded_at)

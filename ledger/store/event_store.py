@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -16,9 +17,9 @@ from psycopg import AsyncConnection, IsolationLevel
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
-from ledger.core.canonical import canonical_json
+from ledger.core.canonical import canonical_json, format_instant
 from ledger.core.errors import DomainError, Rule
-from ledger.store.chain import row_hash
+from ledger.store.chain import header_hash, recorded_text
 from ledger.store.records import (
     Appended,
     AppendOutcome,
@@ -150,6 +151,7 @@ class PostgresEventStore:
         seen = await _existing_keys(conn, [e.idempotency_key for e in events if e.idempotency_key])
         versions = await _stream_versions(conn, {e.stream_id for e in events})
         recorded_at = self._clock()
+        recorded = (recorded_at, recorded_text(recorded_at))
         outcomes: list[AppendOutcome] = []
         rows: list[tuple[Any, ...]] = []
         seq, prev_hash = head.seq, head.hash
@@ -168,7 +170,7 @@ class PostgresEventStore:
                 seq,
                 version,
                 prev_hash,
-                recorded_at=recorded_at,
+                recorded_at=recorded,
                 metadata=metadata_bytes(event.metadata),
             )
             prev_hash = row[-1]
@@ -267,17 +269,19 @@ def _check_expected(event: NewEvent, version: int) -> None:
 
 
 class _MetadataBytes:
-    """Canonical metadata bytes, encoded once per mapping: a call's events share one."""
+    """Canonical metadata bytes and their SHA-256, encoded and hashed once per
+    mapping: a call's events share one."""
 
     def __init__(self) -> None:
-        self._encoded: dict[int, tuple[Mapping[str, str], bytes]] = {}
+        self._encoded: dict[int, tuple[Mapping[str, str], bytes, str]] = {}
 
-    def __call__(self, metadata: Mapping[str, str]) -> bytes:
+    def __call__(self, metadata: Mapping[str, str]) -> tuple[bytes, str]:
         known = self._encoded.get(id(metadata))
         if known is None or known[0] is not metadata:
-            known = (metadata, canonical_json(dict(metadata)))
+            encoded = canonical_json(dict(metadata))
+            known = (metadata, encoded, hashlib.sha256(encoded).hexdigest())
             self._encoded[id(metadata)] = known
-        return known[1]
+        return known[1], known[2]
 
 
 def _row(
@@ -286,26 +290,47 @@ def _row(
     version: int,
     prev_hash: bytes,
     *,
-    recorded_at: datetime,
-    metadata: bytes,
+    recorded_at: tuple[datetime, str],
+    metadata: tuple[bytes, str],
 ) -> tuple[Any, ...]:
+    """The row to COPY, in ``_COLUMNS`` order, ending with its chain hash.
+
+    ``recorded_at`` and ``metadata`` come with their header text and digest,
+    which an append's rows share."""
     payload = event.payload_bytes()
-    fields: dict[str, Any] = {
-        "seq": seq,
-        "partition": DEFAULT_PARTITION,
-        "stream_id": event.stream_id,
-        "stream_version": version,
-        "event_type": event.event.EVENT_TYPE,
-        "schema_version": event.event.SCHEMA_VERSION,
-        "payload": payload,
-        "metadata": metadata,
-        "occurred_at": event.occurred_at,
-        "recorded_at": recorded_at,
-        "idempotency_key": event.idempotency_key,
-        "request_hash": event.request_hash,
-    }
-    digest = row_hash(prev_hash=prev_hash, **fields)
-    return (*fields.values(), prev_hash, digest)
+    payload_sha256 = event.payload_sha256 or hashlib.sha256(payload).hexdigest()
+    kind = event.event
+    digest = header_hash(
+        prev_hash,
+        seq,
+        DEFAULT_PARTITION,
+        event.stream_id,
+        version,
+        kind.EVENT_TYPE,
+        kind.SCHEMA_VERSION,
+        payload_sha256,
+        metadata[1],
+        format_instant(event.occurred_at),
+        recorded_at[1],
+        event.idempotency_key,
+        event.request_hash,
+    )
+    return (
+        seq,
+        DEFAULT_PARTITION,
+        event.stream_id,
+        version,
+        kind.EVENT_TYPE,
+        kind.SCHEMA_VERSION,
+        payload,
+        metadata[0],
+        event.occurred_at,
+        recorded_at[0],
+        event.idempotency_key,
+        event.request_hash,
+        prev_hash,
+        digest,
+    )
 
 
 async def _lock_head(conn: AsyncConnection[TupleRow]) -> Head:

@@ -37,9 +37,11 @@ class NewEvent(NamedTuple):
     idempotency_key: str | None = None
     request_hash: str | None = None
     expected_version: int | None = ANY_VERSION
-    # The payload's canonical bytes when the caller already has them (usage
-    # hashes them for idempotency): encoded once, not twice, on the hot path.
+    # The payload's canonical bytes, and their SHA-256 in hex, when the caller
+    # already has them (usage hashes them for idempotency): encoded and hashed
+    # once, not twice, on the hot path.
     payload: bytes | None = None
+    payload_sha256: str | None = None
 
     def payload_bytes(self) -> bytes:
         return self.payload if self.payload is not None else canonical_json(to_payload(self.event))
