@@ -112,14 +112,12 @@ class AlertFollower:
     async def _follow(self, position: int) -> tuple[int, bool]:
         """Evaluate the customers touched after ``position`` (and any due for a retry);
         the new position, and whether it is the head."""
-        events = await self._store.stream_ids_after(position, BATCH_EVENTS_MAX)
-        customers = self._touched(stream_id for _, stream_id in events)
+        touched = await self._store.streams_touched_after(position, BATCH_EVENTS_MAX)
+        customers = self._touched(touched.stream_ids)
         if self._failed and time.monotonic() >= self._retry_at:
             customers |= self._failed
         await self._evaluate_each(customers)
-        if not events:
-            return position, True
-        return events[-1][0], len(events) < BATCH_EVENTS_MAX
+        return touched.last_seq, touched.events < BATCH_EVENTS_MAX
 
     async def _evaluate_each(self, customers: Iterable[str]) -> None:
         for customer_id in sorted(customers):

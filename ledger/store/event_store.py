@@ -28,6 +28,7 @@ from ledger.store.records import (
     NewEvent,
     ProjectedEvent,
     StoredEvent,
+    TouchedStreams,
 )
 
 DEFAULT_PARTITION: Final = 0
@@ -193,16 +194,26 @@ class PostgresEventStore:
         async with self._pool.connection() as conn:
             return await read_after(conn, after_seq, limit)
 
-    async def stream_ids_after(self, after_seq: int, limit: int) -> list[tuple[int, str]]:
-        """``(seq, stream_id)`` of up to ``limit`` events after ``after_seq``: who a
-        follower must look at, without reading (or decoding) the payloads."""
+    async def streams_touched_after(self, after_seq: int, limit: int) -> TouchedStreams:
+        """The streams the next ``limit`` events after ``after_seq`` wrote to: who a
+        follower must look at, without reading (or decoding) the events.
+
+        Grouped in the database, one row per stream rather than per event: under
+        ingest a thousand events name a few dozen customers. Bounded by seq, which
+        is gapless, as the projection runner's reads are (stale statistics cannot
+        turn it into a scan of the ledger)."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT seq, stream_id FROM events WHERE partition = %s AND seq > %s"
-                " ORDER BY seq LIMIT %s",
-                (DEFAULT_PARTITION, after_seq, limit),
+                "SELECT stream_id, max(seq), count(*) FROM events"
+                " WHERE partition = %s AND seq > %s AND seq <= %s GROUP BY stream_id",
+                (DEFAULT_PARTITION, after_seq, after_seq + limit),
             )
-            return [(int(seq), str(stream_id)) for seq, stream_id in await cur.fetchall()]
+            rows = await cur.fetchall()
+        return TouchedStreams(
+            last_seq=max((int(last) for _, last, _ in rows), default=after_seq),
+            events=sum(int(count) for _, _, count in rows),
+            stream_ids=[str(stream_id) for stream_id, _, _ in rows],
+        )
 
     async def find_key(self, idempotency_key: str) -> tuple[int, str | None] | None:
         """``(seq, request_hash)`` of the event written under a key, if any."""

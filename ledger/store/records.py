@@ -126,6 +126,14 @@ def decode_payload(event_type: str, schema_version: int, payload: bytes) -> Doma
     return from_payload(event_type, schema_version, json.loads(payload.decode()))
 
 
+class TouchedStreams(NamedTuple):
+    """The streams a run of events wrote to, how many events, and the last one's seq."""
+
+    last_seq: int
+    events: int
+    stream_ids: list[str]
+
+
 @dataclass(frozen=True)
 class Appended:
     seq: int

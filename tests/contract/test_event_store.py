@@ -566,3 +566,29 @@ def test_scan_pages_through_all_events_in_order_exactly_once(database_url: str) 
         assert [e async for e in store.scan(50, batch=7)] == []
 
     run_with_store(database_url, body)
+
+
+def test_streams_touched_after_name_each_stream_of_the_next_events_once(
+    database_url: str,
+) -> None:
+    async def body(store: PostgresEventStore) -> None:
+        await store.append([customer_created(f"c{i}") for i in range(3)])  # seq 1-3
+        await store.append([usage_recorded(f"c{i % 3}", f"t{i}") for i in range(10)])  # 4-13
+
+        touched = await store.streams_touched_after(0, 5)
+        assert touched.last_seq == 5 and touched.events == 5
+        assert sorted(touched.stream_ids) == [
+            "customer-c0",
+            "customer-c1",
+            "customer-c2",
+            "usage-c0",
+            "usage-c1",
+        ]
+
+        touched = await store.streams_touched_after(5, 100)
+        assert touched.last_seq == 13 and touched.events == 8  # fewer than asked: caught up
+        assert sorted(touched.stream_ids) == ["usage-c0", "usage-c1", "usage-c2"]
+
+        assert await store.streams_touched_after(13, 100) == (13, 0, [])
+
+    run_with_store(database_url, body)
