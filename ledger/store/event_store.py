@@ -151,37 +151,9 @@ class PostgresEventStore:
         head = await _lock_head(conn)
         seen = await _existing_keys(conn, [e.idempotency_key for e in events if e.idempotency_key])
         versions = await _stream_versions(conn, {e.stream_id for e in events})
-        recorded_at = self._clock()
-        recorded = (recorded_at, recorded_text(recorded_at))
-        outcomes: list[AppendOutcome] = []
-        rows: list[tuple[Any, ...]] = []
-        seq, prev_hash = head.seq, head.hash
-        metadata_bytes = _MetadataBytes()
-        for event in events:
-            earlier = seen.get(event.idempotency_key) if event.idempotency_key else None
-            if earlier is not None:
-                same = earlier[1] == event.request_hash
-                outcomes.append(Duplicate(earlier[0]) if same else KeyReused(earlier[0]))
-                continue
-            version = versions.get(event.stream_id, 0)
-            _check_expected(event, version)
-            seq, version = seq + 1, version + 1
-            row = _row(
-                event,
-                seq,
-                version,
-                prev_hash,
-                recorded_at=recorded,
-                metadata=metadata_bytes(event.metadata),
-            )
-            prev_hash = row[-1]
-            rows.append(row)
-            versions[event.stream_id] = version
-            if event.idempotency_key:
-                seen[event.idempotency_key] = (seq, event.request_hash)
-            outcomes.append(Appended(seq, version))
-        if rows:
-            await _write(conn, rows, versions, Head(seq, prev_hash))
+        outcomes, placed = _place(events, seen, versions, head.seq)
+        if placed:
+            await _write(conn, placed, versions, head.hash, self._clock())
         return outcomes
 
     async def head(self) -> Head:
@@ -574,19 +546,59 @@ async def _stream_versions(conn: AsyncConnection[TupleRow], stream_ids: set[str]
     return {str(stream_id): int(version) for stream_id, version in await cur.fetchall()}
 
 
+def _place(
+    events: Sequence[NewEvent],
+    seen: dict[str | None, tuple[int, str | None]],
+    versions: dict[str, int],
+    last_seq: int,
+) -> tuple[list[AppendOutcome], list[tuple[NewEvent, int, int]]]:
+    """Each event's outcome, and the events to write with their seq and stream
+    version. ``seen`` and ``versions`` are updated with what is placed, so an
+    event repeated within the batch is answered as a duplicate of the first."""
+    outcomes: list[AppendOutcome] = []
+    placed: list[tuple[NewEvent, int, int]] = []
+    seq = last_seq
+    for event in events:
+        earlier = seen.get(event.idempotency_key) if event.idempotency_key else None
+        if earlier is not None:
+            same = earlier[1] == event.request_hash
+            outcomes.append(Duplicate(earlier[0]) if same else KeyReused(earlier[0]))
+            continue
+        version = versions.get(event.stream_id, 0)
+        _check_expected(event, version)
+        seq, version = seq + 1, version + 1
+        placed.append((event, seq, version))
+        versions[event.stream_id] = version
+        if event.idempotency_key:
+            seen[event.idempotency_key] = (seq, event.request_hash)
+        outcomes.append(Appended(seq, version))
+    return outcomes, placed
+
+
 async def _write(
     conn: AsyncConnection[TupleRow],
-    rows: list[tuple[Any, ...]],
+    placed: list[tuple[NewEvent, int, int]],
     versions: dict[str, int],
-    head: Head,
+    prev_hash: bytes,
+    recorded_at: datetime,
 ) -> None:
+    """COPY the placed events, chained from ``prev_hash``, and move the streams'
+    versions and the partition's head past them."""
+    recorded = (recorded_at, recorded_text(recorded_at))
+    metadata_bytes = _MetadataBytes()
     async with conn.cursor() as cur:
         # Binary: payloads and hashes travel as bytes, not hex text both sides
-        # must encode and parse (a seventh of an append's time in text).
+        # must encode and parse (a seventh of an append's time in text). Each
+        # row is sent as it is built (psycopg flushes every 32 kB), so that
+        # PostgreSQL inserts the first rows while Python hashes the rest.
         async with cur.copy(f"COPY events ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(_COLUMN_TYPES)
-            for row in rows:
+            for event, seq, version in placed:
+                metadata = metadata_bytes(event.metadata)
+                row = _row(event, seq, version, prev_hash, recorded_at=recorded, metadata=metadata)
+                prev_hash = row[-1]
                 await copy.write_row(row)
+        last_seq = placed[-1][1]
         await cur.execute(
             "INSERT INTO streams (stream_id, version)"
             " SELECT * FROM unnest(%s::text[], %s::bigint[])"
@@ -595,6 +607,6 @@ async def _write(
         )
         await cur.execute(
             "UPDATE ledger_heads SET last_seq = %s, last_hash = %s WHERE partition = %s",
-            (head.seq, head.hash, DEFAULT_PARTITION),
+            (last_seq, prev_hash, DEFAULT_PARTITION),
         )
-        await cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(head.seq)))
+        await cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(last_seq)))
