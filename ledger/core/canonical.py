@@ -44,7 +44,9 @@ def parse_instant(text: str) -> datetime:
     """Inverse of :func:`format_instant` (strict about the format it accepts)."""
     if len(text) != INSTANT_CHARS or text[-1] != "Z" or text[10] != "T":
         raise ValueError(f"not a canonical instant: {text!r}")
-    return datetime.fromisoformat(text).astimezone(UTC)
+    # Ending in "Z", it parses as UTC already: no astimezone, which made a second
+    # datetime for each of the millions of instants a replay or rebuild reads.
+    return datetime.fromisoformat(text)
 
 
 def format_decimal(value: Decimal) -> str:
