@@ -43,6 +43,25 @@ class UsageRecorded(DomainEvent):
     occurred_at: datetime
     properties: Mapping[str, str]
 
+    def __init__(
+        self,
+        customer_id: str,
+        transaction_id: str,
+        event_type: str,
+        occurred_at: datetime,
+        properties: Mapping[str, str],
+    ) -> None:
+        # Written into __dict__ directly (the instance stays frozen to assignment):
+        # the generated __init__ calls object.__setattr__ once per field, 0.65 us
+        # an event against 0.27, and replays and rebuilds build one per usage event
+        # read. A test holds these the dataclass's fields, in order.
+        fields = self.__dict__
+        fields["customer_id"] = customer_id
+        fields["transaction_id"] = transaction_id
+        fields["event_type"] = event_type
+        fields["occurred_at"] = occurred_at
+        fields["properties"] = properties
+
 
 @dataclass(frozen=True)
 class BillableMetricCreated(DomainEvent):

@@ -8,10 +8,13 @@ usage event's timestamp, converted without protobuf's own (slower) method.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import json
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
@@ -169,3 +172,29 @@ def test_timestamps_out_of_range_convert_to_none() -> None:
     assert to_datetime(Timestamp(seconds=253_402_300_800)) is None
     assert to_datetime(Timestamp(seconds=0, nanos=1_000_000_000)) is None
     assert to_datetime(Timestamp(seconds=-62_135_596_801)) is None
+
+
+def test_usage_events_hand_written_init_sets_the_dataclass_fields_in_order() -> None:
+    """UsageRecorded writes its fields itself, for speed: it must write every
+    field the dataclass declares, under the same names, in the same order."""
+    names = [f.name for f in dataclasses.fields(UsageRecorded)]
+    parameters = list(inspect.signature(UsageRecorded.__init__).parameters)[1:]
+    assert parameters == names
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    event = UsageRecorded("acme", "t1", "completion", at, {"tokens": "5"})
+    assert dataclasses.asdict(event) == {
+        "customer_id": "acme",
+        "transaction_id": "t1",
+        "event_type": "completion",
+        "occurred_at": at,
+        "properties": {"tokens": "5"},
+    }
+    assert event == UsageRecorded(
+        customer_id="acme",
+        transaction_id="t1",
+        event_type="completion",
+        occurred_at=at,
+        properties={"tokens": "5"},
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.customer_id = "other"  # type: ignore[misc]
