@@ -62,8 +62,8 @@ def header_hash(  # noqa: PLR0917 - the header's fields, positional on the appen
     schema_version: int,
     payload_sha256: str,
     metadata_sha256: str,
-    occurred_text: str,
-    recorded_text: str,
+    occurred_at_text: str,
+    recorded_at_text: str,
     idempotency_key: str | None,
     request_hash: str | None,
 ) -> bytes:
@@ -76,9 +76,9 @@ def header_hash(  # noqa: PLR0917 - the header's fields, positional on the appen
     header = (
         f'{{"event_type":{_text(event_type)},"idempotency_key":{_text(idempotency_key)},'
         f'"metadata_sha256":"{metadata_sha256}",'
-        f'"occurred_at":"{occurred_text}","partition":{partition:d},'
+        f'"occurred_at":"{occurred_at_text}","partition":{partition:d},'
         f'"payload_sha256":"{payload_sha256}",'
-        f'"recorded_at":"{recorded_text}","request_hash":{_text(request_hash)},'
+        f'"recorded_at":"{recorded_at_text}","request_hash":{_text(request_hash)},'
         f'"schema_version":{schema_version:d},"seq":{seq:d},"stream_id":{_text(stream_id)},'
         f'"stream_version":{stream_version:d}}}'
     )

@@ -273,15 +273,20 @@ def _row(
     version: int,
     prev_hash: bytes,
     *,
-    recorded_at: tuple[datetime, str],
-    metadata: tuple[bytes, str],
+    recorded: tuple[datetime, str],
+    metadata_parts: tuple[bytes, str],
 ) -> tuple[Any, ...]:
     """The row to COPY, in ``_COLUMNS`` order, ending with its chain hash.
 
-    ``recorded_at`` and ``metadata`` come with their header text and digest,
-    which an append's rows share."""
+    ``recorded`` is ``recorded_at`` and its header text, ``metadata_parts`` the
+    metadata bytes and their digest: an append's rows share them."""
     payload = event.payload_bytes()
-    payload_sha256 = event.payload_sha256 or hashlib.sha256(payload).hexdigest()
+    # A caller's digest is taken only beside the bytes it gave: usage_to_append
+    # computes both from one encoding.
+    if event.payload is not None and event.payload_sha256 is not None:
+        payload_sha256 = event.payload_sha256
+    else:
+        payload_sha256 = hashlib.sha256(payload).hexdigest()
     kind = event.event
     digest = header_hash(
         prev_hash,
@@ -292,9 +297,9 @@ def _row(
         kind.EVENT_TYPE,
         kind.SCHEMA_VERSION,
         payload_sha256,
-        metadata[1],
+        metadata_parts[1],
         format_instant(event.occurred_at),
-        recorded_at[1],
+        recorded[1],
         event.idempotency_key,
         event.request_hash,
     )
@@ -306,9 +311,9 @@ def _row(
         kind.EVENT_TYPE,
         kind.SCHEMA_VERSION,
         payload,
-        metadata[0],
+        metadata_parts[0],
         event.occurred_at,
-        recorded_at[0],
+        recorded[0],
         event.idempotency_key,
         event.request_hash,
         prev_hash,
@@ -595,7 +600,9 @@ async def _write(
             copy.set_types(_COLUMN_TYPES)
             for event, seq, version in placed:
                 metadata = metadata_bytes(event.metadata)
-                row = _row(event, seq, version, prev_hash, recorded_at=recorded, metadata=metadata)
+                row = _row(
+                    event, seq, version, prev_hash, recorded=recorded, metadata_parts=metadata
+                )
                 prev_hash = row[-1]
                 await copy.write_row(row)
         last_seq = placed[-1][1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
@@ -16,9 +17,10 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from ledger.app.usage import usage_to_append
 from ledger.core.canonical import canonical_json
 from ledger.core.errors import DomainError, Rule
-from ledger.core.events import to_payload
+from ledger.core.events import UsageRecorded, to_payload
 from ledger.store.chain import GENESIS_HASH
 from ledger.store.event_store import (
     PostgresEventStore,
@@ -345,6 +347,30 @@ def test_untampered_ledger_verifies(database_url: str) -> None:
         assert report.events_checked == 300
         assert report.last_seq == 300 == head.seq
         assert report.last_hash == head.hash
+
+    run_with_store(database_url, body)
+
+
+def test_rows_appended_with_callers_payload_digests_verify(database_url: str) -> None:
+    """RecordUsage hands the store a usage payload's bytes and their digest; the
+    rows must hash as verification recomputes them. A digest given without its
+    bytes is not trusted."""
+
+    async def body(store: PostgresEventStore) -> None:
+        at = datetime(2026, 3, 1, tzinfo=UTC)
+        usage = [
+            usage_to_append(
+                UsageRecorded("c1", f"t{n}", "api_call", at, {"tokens": str(n)}),
+                {"actor": "contract-test"},
+            )
+            for n in range(20)
+        ]
+        assert all(e.payload is not None and e.payload_sha256 for e in usage)
+        lone_digest = customer_created("c1")._replace(payload_sha256="0" * 64)
+        await store.append([*usage[:10], lone_digest, *usage[10:]])
+
+        report = await verify_ledger(store)
+        assert report.ok and report.events_checked == 21
 
     run_with_store(database_url, body)
 
