@@ -145,6 +145,21 @@ def test_format_instant_round_trips_through_parse_instant(instant: datetime) -> 
     assert parsed.tzinfo is UTC
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-11-24T08:59:00,123456Z",
+        "2026-11-24 08:59:00.123456Z",
+        "2026-11-24T08:59:00.123456+",
+        "2026-11-24T08:59:00.12345Z",
+        "2026-11-24T08:59:00+00:00:Z",
+    ],
+)
+def test_parse_instant_refuses_other_formats(text: str) -> None:
+    with pytest.raises(ValueError, match="canonical instant"):
+        parse_instant(text)
+
+
 def test_format_instant_always_writes_a_four_digit_year() -> None:
     instant = datetime(999, 5, 6, 7, 8, 9, 10, tzinfo=UTC)
     assert format_instant(instant) == "0999-05-06T07:08:09.000010Z"
