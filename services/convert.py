@@ -53,7 +53,7 @@ INSTANT_MAX = datetime(3000, 1, 1, tzinfo=UTC)
 # protobuf Timestamps span years 1..9999; Python datetimes do too, but not below.
 _TIMESTAMP_SECONDS_MIN = -62_135_596_800
 _TIMESTAMP_SECONDS_MAX = 253_402_300_799
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # Timestamp's zero; INSTANT_MIN only by coincidence
 
 
 def to_datetime(ts: Timestamp) -> datetime | None:

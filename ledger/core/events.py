@@ -54,7 +54,7 @@ class UsageRecorded(DomainEvent):
         # Written into __dict__ directly (the instance stays frozen to assignment):
         # the generated __init__ calls object.__setattr__ once per field, 0.65 us
         # an event against 0.27, and replays and rebuilds build one per usage event
-        # read. A test holds these the dataclass's fields, in order.
+        # read. A test holds these to the dataclass's fields, in order.
         fields = self.__dict__
         fields["customer_id"] = customer_id
         fields["transaction_id"] = transaction_id
