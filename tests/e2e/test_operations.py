@@ -449,10 +449,19 @@ def test_sigterm_during_ingest_finishes_calls_and_keeps_every_acknowledged_event
             # when it sent a call, so calls sent just before the signal (still in
             # transit when it landed) count as arriving after it.
             arrived = sigterm_at[0] - IN_TRANSIT_S
+            # On failure: each failed call's send and failure times from SIGTERM, and
+            # the server's last log lines (each call it answered, and its shutdown).
+            timeline = [
+                (round(sent - sigterm_at[0], 3), round(failed - sigterm_at[0], 3), c.name)
+                for sent, failed, c in ingest.failures
+            ]
             in_flight = {c for sent, _, c in ingest.failures if sent < arrived}
-            assert in_flight <= {grpc.StatusCode.UNAVAILABLE}, (ingest.failures, sigterm_at)
+            assert in_flight <= {grpc.StatusCode.UNAVAILABLE}, (timeline, served.log_tail())
             refused = {c for sent, _, c in ingest.failures if sent >= arrived}
-            assert refused <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}, refused
+            assert refused <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}, (
+                timeline,
+                served.log_tail(),
+            )
         acknowledged = [tx for ingest in ingests for tx in ingest.accepted]
         assert acknowledged, "no call was acknowledged before SIGTERM"
         assert len(set(acknowledged)) == len(acknowledged)
