@@ -16,7 +16,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 import psycopg
 import structlog
@@ -115,6 +115,15 @@ class Projection(Protocol):
 ProjectionFactory = Callable[[int], Projection]
 
 
+class BatchRun(NamedTuple):
+    """What one batch did: events moved over, payload bytes read, and how far the
+    head (read after applying, in the batch's transaction) was still ahead."""
+
+    moved: int
+    payload_bytes: int
+    behind: int
+
+
 @dataclass(frozen=True)
 class BuildProgress:
     projection: str
@@ -174,12 +183,10 @@ class ProjectionRunner:
         self, projection: Projection, limit: int = BATCH_EVENTS_MAX, *, replaying: bool = False
     ) -> int:
         """Apply one batch of at most ``limit`` events; return how many it moved over."""
-        return (await self._run_batch(projection, limit, replaying))[0]
+        return (await self._run_batch(projection, limit, replaying)).moved
 
-    async def _run_batch(
-        self, projection: Projection, limit: int, replaying: bool
-    ) -> tuple[int, int]:
-        """:meth:`run_batch`, also giving the payload bytes of the events it read."""
+    async def _run_batch(self, projection: Projection, limit: int, replaying: bool) -> BatchRun:
+        """:meth:`run_batch`, also saying what it read and what is left."""
         async with self._pool.connection() as conn, conn.transaction():
             checkpoint = await _lock_checkpoint(conn, projection)
             if projection.event_types is None:
@@ -198,9 +205,11 @@ class ProjectionRunner:
                     conn, sorted(projection.event_types), through, checkpoint
                 )
             if through == checkpoint:
-                return 0, 0
-            await self._apply_batch(conn, projection, events, (checkpoint, through), replaying)
-            return through - checkpoint, sum(len(event.payload) for event in events)
+                return BatchRun(0, 0, 0)
+            seqs = (checkpoint, through)
+            head = await self._apply_batch(conn, projection, events, seqs, replaying)
+            payload_bytes = sum(len(event.payload) for event in events)
+            return BatchRun(through - checkpoint, payload_bytes, head - through)
 
     async def _apply_batch(
         self,
@@ -209,8 +218,9 @@ class ProjectionRunner:
         events: Sequence[RecordedEvent],
         seqs: tuple[int, int],
         replaying: bool,
-    ) -> None:
-        """Apply a batch in its own span, linked to the calls whose events it applies."""
+    ) -> int:
+        """Apply a batch in its own span, linked to the calls whose events it applies;
+        return the head seq read after it."""
         attributes: dict[str, str | int | bool] = {
             "accrual.projection": projection.name,
             "accrual.projection.version": projection.version,
@@ -224,7 +234,8 @@ class ProjectionRunner:
         ):
             started = time.monotonic()
             async with conn.cursor() as cur:
-                await projection.apply(cur, events, replaying=replaying)
+                if events:  # a selective projection often has none: no reads to do
+                    await projection.apply(cur, events, replaying=replaying)
                 await cur.execute(
                     "UPDATE projection_checkpoints SET seq = %s, updated_at = now()"
                     " WHERE name = %s AND version = %s",
@@ -233,6 +244,7 @@ class ProjectionRunner:
             head = (await read_head(conn)).seq
             elapsed = time.monotonic() - started
         _METRICS.batch_applied(projection, seqs[1] - seqs[0], elapsed, head - seqs[1])
+        return head
 
     async def catch_up(self, names: set[str] | None = None) -> int:
         """Apply batches until the live projections (or those named) reach the head."""
@@ -240,8 +252,15 @@ class ProjectionRunner:
         for projection in await self.live_projections():
             if names is not None and projection.name not in names:
                 continue
-            while (count := await self.run_batch(projection)) > 0:
-                applied += count
+            # A batch that ends at the head it read after applying stops the loop:
+            # that read came after this call began, so nothing committed before
+            # it is left, and an empty batch to prove it would cost a transaction
+            # per projection on every wake-up.
+            while True:
+                batch = await self._run_batch(projection, BATCH_EVENTS_MAX, replaying=False)
+                applied += batch.moved
+                if batch.moved == 0 or batch.behind <= 0:
+                    break
         return applied
 
     async def run_forever(self, stop: asyncio.Event) -> None:
@@ -328,11 +347,11 @@ class ProjectionRunner:
         """Catch a version up from its checkpoint to the head, reporting progress."""
         started, applied, limit = time.monotonic(), 0, BATCH_EVENTS_MAX
         while True:
-            count, payload_bytes = await self._run_batch(projection, limit, replaying=True)
-            if count == 0:
+            batch = await self._run_batch(projection, limit, replaying=True)
+            if batch.moved == 0 or batch.behind <= 0:
                 break
-            applied += count
-            limit = rebuild_batch_events(count, payload_bytes)
+            applied += batch.moved
+            limit = rebuild_batch_events(batch.moved, batch.payload_bytes)
             yield await self._progress(projection, applied, started)
         yield await self._progress(projection, applied, started)
 

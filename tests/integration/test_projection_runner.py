@@ -142,10 +142,10 @@ def test_appends_in_quick_succession_are_applied_together(
 
         async def counted(
             conn: object, projection: object, events: object, seqs: tuple[int, int], replaying: bool
-        ) -> None:
+        ) -> int:
             if getattr(projection, "name", "") == "usage_rollups":
                 batches.append(seqs)
-            await apply_batch(conn, projection, events, seqs, replaying)  # type: ignore[arg-type]
+            return await apply_batch(conn, projection, events, seqs, replaying)  # type: ignore[arg-type]
 
         monkeypatch.setattr(app.runner, "_apply_batch", counted)
         # A longer pause than in service, so a slow machine's appends still fall
@@ -167,5 +167,41 @@ def test_appends_in_quick_succession_are_applied_together(
         assert await rolled_up(app) == (EVENTS + appends, 2 * EVENTS + 3 * appends)
         assert sum(last - first for first, last in batches) == appends  # each once
         assert len(batches) <= appends // 4, batches  # gathered, not one batch each
+
+    run_app(database_url, body)
+
+
+def test_a_caught_up_projection_costs_one_batch_per_catch_up(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that reaches the head ends a catch-up: no second, empty transaction per
+    projection to prove there is nothing left (each wake-up of the runner pays it)."""
+
+    async def body(app: App) -> None:
+        await seed(app)
+        await app.runner.catch_up()
+        batches: list[tuple[str, int]] = []
+        run_batch = app.runner._run_batch
+
+        async def counted(projection: object, limit: int, replaying: bool) -> engine.BatchRun:
+            batch = await run_batch(projection, limit, replaying)  # type: ignore[arg-type]
+            batches.append((getattr(projection, "name", ""), batch.moved))
+            return batch
+
+        monkeypatch.setattr(app.runner, "_run_batch", counted)
+        one = UsageInput("late1", "acme", "completion", NOW, {"tokens": "5"})
+        await app.record_usage([one], CTX)
+        assert await app.runner.catch_up() == len(app.runner._definitions)
+        assert sorted(batches) == sorted((name, 1) for name in app.runner._definitions)
+        assert await rolled_up(app) == (EVENTS + 1, 2 * EVENTS + 5)
+        # More than a batch behind: batches run until the one that reaches the head.
+        batches.clear()
+        monkeypatch.setattr(engine, "BATCH_EVENTS_MAX", 2)
+        for n in range(5):
+            usage = UsageInput(f"more{n}", "acme", "completion", NOW, {"tokens": "1"})
+            await app.record_usage([usage], CTX)
+        await app.runner.catch_up({"usage_rollups"})
+        assert batches == [("usage_rollups", 2), ("usage_rollups", 2), ("usage_rollups", 1)]
+        assert await rolled_up(app) == (EVENTS + 6, 2 * EVENTS + 10)
 
     run_app(database_url, body)
