@@ -41,6 +41,7 @@ from services.auth.policy import undecided
 from services.auth.principals import Principal
 from services.bootstrap import App
 from services.config import TlsFiles
+from services.draining import CallsInFlight, stop_when_drained
 from services.errors import DecodeRequests
 from services.health import HealthMonitor
 from services.request import trace_ids
@@ -80,6 +81,7 @@ class Server:
     grpc_server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
+    calls: CallsInFlight
     # The alert watch runs while the server serves: in every server process, never
     # in one-off commands or the projector (whose database role may not append).
     alerting: AlertFollower | None = None
@@ -94,7 +96,7 @@ class Server:
     async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         """Refuse new calls, let in-flight ones finish within the grace period."""
         await self.health.enter_graceful_shutdown()
-        await self.grpc_server.stop(grace_s)
+        await stop_when_drained(self.grpc_server, self.calls, grace_s)
         if self.alerting is not None:
             await self.alerting.stop()
 
@@ -109,8 +111,9 @@ def create_server(app: App, address: str, interceptors: Sequence[object] = ()) -
         raise RuntimeError(f"no access policy for {', '.join(missing)}: add it to PERMISSIONS")
     limiter = RateLimiter(app.settings.rate_limit_per_s, app.settings.rate_limit_burst)
     guard = Guard(app.credentials, limiter, _denial_recorder(app))
+    calls = CallsInFlight()
     server = grpc.aio.server(
-        interceptors=[DecodeRequests(), *interceptors, guard],
+        interceptors=[calls, DecodeRequests(), *interceptors, guard],
         options=[
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
             ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
@@ -138,7 +141,7 @@ def create_server(app: App, address: str, interceptors: Sequence[object] = ()) -
     port = _bind(server, address, app.settings.tls)
     if port == 0:
         raise OSError(f"could not bind {address}")
-    return Server(server, port, health_servicer, alerting=app.alerting)
+    return Server(server, port, health_servicer, calls, alerting=app.alerting)
 
 
 def _bind(server: grpc.aio.Server, address: str, tls: TlsFiles | None) -> int:

@@ -1,0 +1,126 @@
+"""A stopping server waits for Accrual's calls in flight, and for nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.api.accrual.v1 import contracts_pb2, contracts_pb2_grpc
+from services.bootstrap import running_app
+from services.draining import CallsInFlight
+from services.server import Server, create_server
+from tests.e2e.conftest import bearer, issue
+from tests.e2e.conftest import test_settings as default_settings
+
+GRACE_S = 30.0  # far longer than any of these stops may take
+SLOW_S = 1.0
+
+
+class SlowCreateCustomer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Holds each CreateCustomer handler for SLOW_S before it runs."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if not details.method.endswith("/CreateCustomer"):
+            return handler
+        behavior = handler.unary_unary
+
+        async def slow(request: object, context: grpc.aio.ServicerContext) -> Any:
+            self.entered.set()
+            await asyncio.sleep(SLOW_S)
+            return await behavior(request, context)
+
+        return handler._replace(unary_unary=slow)
+
+
+Body = Callable[[Server, grpc.aio.Channel, str, SlowCreateCustomer], Awaitable[None]]
+
+
+def serve_and_stop(database_url: str, body: Body) -> None:
+    """Serve in this test's own loop, so that the body can stop the server itself."""
+    token = issue(database_url, "drain-admin", "admin")
+
+    async def main() -> None:
+        slow = SlowCreateCustomer()
+        async with running_app(default_settings(), database_url) as app:
+            server = create_server(app, "127.0.0.1:0", [slow])
+            await server.start()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                await body(server, channel, token, slow)
+
+    asyncio.run(main())
+
+
+async def read_to_the_end(stream: Any) -> None:
+    while True:
+        await stream.read()
+
+
+def test_a_health_watch_does_not_hold_up_the_stop(database_url: str) -> None:
+    async def body(
+        server: Server, channel: grpc.aio.Channel, token: str, slow: SlowCreateCustomer
+    ) -> None:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        first = await watch.read()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await server.stop(GRACE_S)
+        assert loop.time() - started < GRACE_S / 3  # not the grace: no call of ours ran
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await read_to_the_end(watch)  # NOT_SERVING, then the stream is cut
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE  # retryable
+
+    serve_and_stop(database_url, body)
+
+
+def test_a_call_in_flight_finishes_before_the_server_stops(database_url: str) -> None:
+    async def body(
+        server: Server, channel: grpc.aio.Channel, token: str, slow: SlowCreateCustomer
+    ) -> None:
+        stub = contracts_pb2_grpc.ContractServiceStub(channel)
+        customer = contracts_pb2.Customer(customer_id="drained", name="Drained")
+        request = contracts_pb2.CreateCustomerRequest(customer=customer)
+        call = asyncio.ensure_future(stub.CreateCustomer(request, metadata=bearer(token)))
+        await asyncio.wait_for(slow.entered.wait(), 10)
+        assert server.calls.running == 1
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await server.stop(GRACE_S)
+        stopped_after = loop.time() - started
+        reply = await call  # answered, not cancelled
+        assert reply.customer_id == "drained"
+        assert server.calls.running == 0
+        assert SLOW_S / 2 < stopped_after < GRACE_S / 3  # waited for it, then no longer
+
+    serve_and_stop(database_url, body)
+
+
+def test_streamed_calls_count_until_their_last_message() -> None:
+    calls = CallsInFlight()
+    seen: list[int] = []
+
+    async def stream(request: object, context: object) -> AsyncIterator[int]:
+        for n in range(3):
+            seen.append(calls.running)
+            yield n
+
+    async def main() -> list[int]:
+        counted = calls._stream(stream)
+        return [n async for n in counted(None, None)]
+
+    assert asyncio.run(main()) == [0, 1, 2]
+    assert seen == [1, 1, 1]
+    assert calls.running == 0
