@@ -286,8 +286,7 @@ class ProjectionRunner:
                 await listener
 
     async def _hold_leases_and_apply(self, stop: asyncio.Event) -> None:
-        async with self._pool.connection() as lease_conn:
-            await lease_conn.set_autocommit(True)
+        async with _autocommit_connection(self._pool) as lease_conn:
             try:
                 while not stop.is_set():
                     await self._take_leases(lease_conn)
@@ -323,8 +322,7 @@ class ProjectionRunner:
         # A lost notification only delays work until the next poll, never loses it.
         while not stop.is_set():
             try:
-                async with self._pool.connection() as conn:
-                    await conn.set_autocommit(True)
+                async with _autocommit_connection(self._pool) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     async for _ in conn.notifies():
                         self._wake.set()
@@ -405,6 +403,22 @@ class ProjectionRunner:
         return BuildProgress(
             projection.name, projection.version, checkpoint, head, applied / elapsed
         )
+
+
+@contextlib.asynccontextmanager
+async def _autocommit_connection(pool: Pool) -> AsyncIterator[AsyncConnection[TupleRow]]:
+    """A pooled connection in autocommit mode, given back in the pool's default mode:
+    the pool does not reset it, and a later borrower's snapshot (one transaction,
+    its server-side cursors) would otherwise run statement by statement."""
+    async with pool.connection() as conn:
+        await conn.set_autocommit(True)
+        try:
+            yield conn
+        finally:
+            try:
+                await conn.set_autocommit(False)
+            except psycopg.Error:
+                await conn.close()  # the pool discards a closed connection
 
 
 LINKS_MAX: Final = 32

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -203,5 +204,31 @@ def test_a_caught_up_projection_costs_one_batch_per_catch_up(
         await app.runner.catch_up({"usage_rollups"})
         assert batches == [("usage_rollups", 2), ("usage_rollups", 2), ("usage_rollups", 1)]
         assert await rolled_up(app) == (EVENTS + 6, 2 * EVENTS + 10)
+
+    run_app(database_url, body)
+
+
+def test_connections_lent_to_the_runner_go_back_to_the_pool_in_transaction_mode(
+    database_url: str,
+) -> None:
+    """The lease, notification and read-ahead connections run in autocommit; the pool
+    does not reset that, and a snapshot on such a connection would not be one."""
+
+    async def body(app: App) -> None:
+        await seed(app)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(app.runner.run_forever(stop))
+        await asyncio.sleep(0.5)  # leases taken, listening, caught up
+        stop.set()
+        await runner
+        rebuilt = await app.runner.start_rebuild("usage_rollups", 2)
+        # The seed: a metric, a customer and its usage.
+        assert [p.checkpoint async for p in app.runner.build(rebuilt)][-1] == 2 + EVENTS
+        async with contextlib.AsyncExitStack() as stack:
+            lent = [
+                await stack.enter_async_context(app.pool.connection())
+                for _ in range(app.pool.max_size)
+            ]
+            assert [conn.autocommit for conn in lent] == [False] * len(lent)
 
     run_app(database_url, body)
