@@ -346,7 +346,7 @@ class ProjectionRunner:
         started, applied, limit = time.monotonic(), 0, BATCH_EVENTS_MAX
         while True:
             batch = await self._run_batch(projection, limit, replaying=True)
-            if batch.moved == 0 or batch.behind <= 0:
+            if batch.moved == 0:
                 break
             applied += batch.moved
             limit = rebuild_batch_events(batch.moved, batch.payload_bytes)

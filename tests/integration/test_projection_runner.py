@@ -232,3 +232,15 @@ def test_connections_lent_to_the_runner_go_back_to_the_pool_in_transaction_mode(
             assert [conn.autocommit for conn in lent] == [False] * len(lent)
 
     run_app(database_url, body)
+
+
+def test_a_build_reports_every_batch_it_applied(database_url: str) -> None:
+    async def body(app: App) -> None:
+        await seed(app)
+        rebuilt = await app.runner.start_rebuild("usage_rollups", 2)
+        reports = [p async for p in app.runner.build(rebuilt)]
+        head = 2 + EVENTS  # the seed: a metric, a customer and its usage
+        assert [p.checkpoint for p in reports] == [head, head]  # the batch, then the end
+        assert all(p.events_per_s > 0 for p in reports)  # the batch's events counted
+
+    run_app(database_url, body)
