@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -13,7 +14,7 @@ from typing import Any, Final
 
 import psycopg
 from opentelemetry import metrics
-from psycopg import AsyncConnection, IsolationLevel
+from psycopg import AsyncConnection, AsyncServerCursor, IsolationLevel
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
@@ -463,7 +464,7 @@ async def iter_stream_between(
     """
     async with conn.cursor(name="accrual_stream_between") as cur:
         await cur.execute(_STREAM_BETWEEN, (stream_id, *occurred, *seqs))
-        while rows := await cur.fetchmany(batch):
+        async for rows in _pages_ahead(cur, batch):
             yield [stored_event(row) for row in rows]
 
 
@@ -479,7 +480,7 @@ async def iter_payloads_between(
     query = _STREAM_BETWEEN.replace(_COLUMNS, "seq, schema_version, payload", 1)
     async with conn.cursor(name="accrual_payloads_between", binary=True) as cur:
         await cur.execute(query, (stream_id, *occurred, *seqs))
-        while rows := await cur.fetchmany(batch):
+        async for rows in _pages_ahead(cur, batch):
             yield [(int(seq), int(version), bytes(payload)) for seq, version, payload in rows]
 
 
@@ -493,9 +494,35 @@ async def iter_streams(
             " ORDER BY seq",
             (stream_ids, up_to_seq),
         )
-        while rows := await cur.fetchmany(batch):
+        async for rows in _pages_ahead(cur, batch):
             for row in rows:
                 yield stored_event(row)
+
+
+async def _pages_ahead(
+    cur: AsyncServerCursor[TupleRow], size: int
+) -> AsyncIterator[list[TupleRow]]:
+    """A server-side cursor's rows, ``size`` at a time, each page requested before
+    the one before it is handed out: PostgreSQL reads the next page while the
+    caller works on this one (a replay's fold waited a tenth of its time on reads)."""
+    ahead = await _fetch_ahead(cur, size)
+    try:
+        while rows := await ahead:
+            ahead = await _fetch_ahead(cur, size)
+            yield rows
+    finally:
+        # The caller stopped early: let the fetch in flight finish, so that the
+        # connection is idle again when the cursor closes.
+        with contextlib.suppress(Exception):
+            await ahead
+
+
+async def _fetch_ahead(
+    cur: AsyncServerCursor[TupleRow], size: int
+) -> asyncio.Future[list[TupleRow]]:
+    fetch = asyncio.ensure_future(cur.fetchmany(size))
+    await asyncio.sleep(0)  # one turn of the loop: the fetch's request is sent
+    return fetch
 
 
 async def read_types_at(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
@@ -24,6 +24,9 @@ from ledger.core.events import UsageRecorded, to_payload
 from ledger.store.chain import GENESIS_HASH
 from ledger.store.event_store import (
     PostgresEventStore,
+    iter_payloads_between,
+    iter_stream_between,
+    iter_streams,
     read_after,
     read_projected_after,
     read_projected_types_at,
@@ -32,6 +35,7 @@ from ledger.store.event_store import (
 from ledger.store.records import Appended, Duplicate, KeyReused, NewEvent, StoredEvent
 from ledger.store.verify import recompute_hash, verify_ledger
 from tests.contract.support import (
+    BASE_TIME,
     customer_created,
     event_rows,
     fetch,
@@ -616,5 +620,34 @@ def test_streams_touched_after_name_each_stream_of_the_next_events_once(
         assert sorted(touched.stream_ids) == ["usage-c0", "usage-c1", "usage-c2"]
 
         assert await store.streams_touched_after(13, 100) == (13, 0, [])
+
+    run_with_store(database_url, body)
+
+
+def test_paged_stream_reads_give_every_event_once_in_order_and_stop_cleanly(
+    database_url: str,
+) -> None:
+    """Each page is requested before the last is handed out: none is lost, doubled
+    or reordered, and a reader that stops early leaves the connection usable."""
+
+    async def body(store: PostgresEventStore) -> None:
+        appended = [usage_recorded(f"c{i % 2}", f"t{i}", minute=i) for i in range(23)]
+        await store.append(appended)
+        span = (BASE_TIME, BASE_TIME + timedelta(days=1))
+        async with store._pool.connection() as conn, conn.transaction():
+            pages = [
+                [seq for seq, _, _ in page]
+                async for page in iter_payloads_between(conn, "usage-c0", span, (0, 23), batch=4)
+            ]
+            assert [len(page) for page in pages] == [4, 4, 4]
+            assert [seq for page in pages for seq in page] == list(range(1, 24, 2))
+            events = iter_stream_between(conn, "usage-c1", span, (0, 23), batch=3)
+            first = await anext(events)
+            assert seqs(first) == [2, 4, 6]
+            await events.aclose()  # the next page was in flight
+            streamed = [e.seq async for e in iter_streams(conn, ["usage-c0", "usage-c1"], 20, 5)]
+            assert streamed == list(range(1, 21))
+            cur = await conn.execute("SELECT count(*) FROM events")
+            assert await cur.fetchone() == (23,)
 
     run_with_store(database_url, body)
