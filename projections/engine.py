@@ -33,7 +33,7 @@ from ledger.store.event_store import (
     read_projected_after,
     read_projected_types_at,
 )
-from ledger.store.records import RecordedEvent
+from ledger.store.records import ProjectedEvent, RecordedEvent
 from projections.registry import (
     REGISTRY_DDL,
     State,
@@ -122,6 +122,49 @@ class BatchRun(NamedTuple):
     moved: int
     payload_bytes: int
     behind: int
+    ahead: ReadAhead | None = None  # the next batch's rows, being read
+
+
+class ReadAhead(NamedTuple):
+    """Rows after ``after_seq``, being read on a connection of their own."""
+
+    after_seq: int
+    rows: asyncio.Future[list[ProjectedEvent]]
+
+    @classmethod
+    async def start(
+        cls, reader: AsyncConnection[TupleRow], after_seq: int, limit: int
+    ) -> ReadAhead:
+        rows = asyncio.ensure_future(read_projected_after(reader, after_seq, limit))
+        await asyncio.sleep(0)  # one turn of the loop: the query is sent
+        return cls(after_seq, rows)
+
+    async def settle(self) -> None:
+        """Wait for the read, whatever its outcome: the reader is then idle."""
+        with contextlib.suppress(Exception):
+            await self.rows
+
+
+async def _read_ahead_rows(reading: ReadAhead | None, checkpoint: int) -> list[ProjectedEvent]:
+    """The rows read ahead, if they start at ``checkpoint``: the ledger's rows never
+    change and commit in seq order, so they begin what a read now would give."""
+    if reading is None:
+        return []
+    rows = await reading.rows
+    return rows if reading.after_seq == checkpoint else []
+
+
+async def _read_after(
+    conn: AsyncConnection[TupleRow], checkpoint: int, limit: int
+) -> list[ProjectedEvent]:
+    events = await read_projected_after(conn, checkpoint, limit)
+    if not events and (await read_head(conn)).seq > checkpoint:
+        # Either rows committed since the read, or a gap: the read is
+        # bounded by seq, so a gap of ``limit`` would stall it silently.
+        events = await read_projected_after(conn, checkpoint, limit)
+        if not events:  # read after the head: a gap, the ledger damaged
+            raise RuntimeError(f"no ledger rows after seq {checkpoint} to its head")
+    return events
 
 
 @dataclass(frozen=True)
@@ -185,18 +228,26 @@ class ProjectionRunner:
         """Apply one batch of at most ``limit`` events; return how many it moved over."""
         return (await self._run_batch(projection, limit, replaying)).moved
 
-    async def _run_batch(self, projection: Projection, limit: int, replaying: bool) -> BatchRun:
-        """:meth:`run_batch`, also saying what it read and what is left."""
+    async def _run_batch(
+        self,
+        projection: Projection,
+        limit: int,
+        replaying: bool,
+        reading: ReadAhead | None = None,
+        reader: AsyncConnection[TupleRow] | None = None,
+    ) -> BatchRun:
+        """:meth:`run_batch`, also saying what it read and what is left.
+
+        A rebuild passes the rows it read ahead (``reading``), used if they start
+        at the checkpoint, and a ``reader`` connection on which the next batch's
+        rows are read while this one is applied (see :meth:`build`).
+        """
         async with self._pool.connection() as conn, conn.transaction():
             checkpoint = await _lock_checkpoint(conn, projection)
             if projection.event_types is None:
-                events = await read_projected_after(conn, checkpoint, limit)
-                if not events and (await read_head(conn)).seq > checkpoint:
-                    # Either rows committed since the read, or a gap: the read is
-                    # bounded by seq, so a gap of ``limit`` would stall it silently.
-                    events = await read_projected_after(conn, checkpoint, limit)
-                    if not events:  # read after the head: a gap, the ledger damaged
-                        raise RuntimeError(f"no ledger rows after seq {checkpoint} to its head")
+                events = await _read_ahead_rows(reading, checkpoint)
+                if not events:
+                    events = await _read_after(conn, checkpoint, limit)
                 through = events[-1].seq if events else checkpoint
             else:
                 # seq is gapless and the head is read in the same snapshot as the rows.
@@ -206,10 +257,19 @@ class ProjectionRunner:
                 )
             if through == checkpoint:
                 return BatchRun(0, 0, 0)
-            seqs = (checkpoint, through)
-            head = await self._apply_batch(conn, projection, events, seqs, replaying)
             payload_bytes = sum(len(event.payload) for event in events)
-            return BatchRun(through - checkpoint, payload_bytes, head - through)
+            ahead = None
+            if reader is not None and projection.event_types is None:
+                next_limit = rebuild_batch_events(len(events), payload_bytes)
+                ahead = await ReadAhead.start(reader, through, next_limit)
+            seqs = (checkpoint, through)
+            try:
+                head = await self._apply_batch(conn, projection, events, seqs, replaying)
+            except BaseException:
+                if ahead is not None:  # the reader goes back to the pool idle
+                    await ahead.settle()
+                raise
+            return BatchRun(through - checkpoint, payload_bytes, head - through, ahead)
 
     async def _apply_batch(
         self,
@@ -342,15 +402,27 @@ class ProjectionRunner:
         return projection
 
     async def build(self, projection: Projection) -> AsyncIterator[BuildProgress]:
-        """Catch a version up from its checkpoint to the head, reporting progress."""
+        """Catch a version up from its checkpoint to the head, reporting progress.
+
+        Each batch's successor is read on a second connection while the batch is
+        applied, so that PostgreSQL reads as Python folds (a rollup rebuild
+        waited about a tenth of its time on reads).
+        """
         started, applied, limit = time.monotonic(), 0, BATCH_EVENTS_MAX
-        while True:
-            batch = await self._run_batch(projection, limit, replaying=True)
-            if batch.moved == 0:
-                break
-            applied += batch.moved
-            limit = rebuild_batch_events(batch.moved, batch.payload_bytes)
-            yield await self._progress(projection, applied, started)
+        async with _autocommit_connection(self._pool) as reader:
+            ahead: ReadAhead | None = None
+            try:
+                while True:
+                    batch = await self._run_batch(projection, limit, True, ahead, reader)
+                    ahead = batch.ahead
+                    if batch.moved == 0:
+                        break
+                    applied += batch.moved
+                    limit = rebuild_batch_events(batch.moved, batch.payload_bytes)
+                    yield await self._progress(projection, applied, started)
+            finally:
+                if ahead is not None:
+                    await ahead.settle()
         yield await self._progress(projection, applied, started)
 
     async def swap(self, name: str, version: int) -> int | None:

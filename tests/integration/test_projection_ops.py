@@ -23,7 +23,7 @@ from ledger.app.catalog import MetricInput
 from ledger.app.context import RequestContext
 from ledger.app.usage import UsageInput, UsageStatus
 from ledger.store.records import StoredEvent
-from projections import usage_rollups
+from projections import engine, usage_rollups
 from projections.engine import POLL_INTERVAL_S, ProjectionRunner
 from services.bootstrap import PROJECTIONS, App, open_pool, running_app
 from services.config import Settings
@@ -290,5 +290,60 @@ def test_a_rebuild_writes_rows_but_repeats_no_side_effect(database_url: str) -> 
         # for what arrives after the swap.
         assert sent == {1: 4, 2: 1}
         assert rows == (5,)
+
+    run_app(database_url, body)
+
+
+def test_a_rebuild_read_ahead_batch_by_batch_equals_the_live_version(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch's successor is read while it is applied: over many small batches,
+    with a metric's back-fill between them, the rebuilt rows equal the live ones,
+    and every batch after the first uses the rows read for it."""
+    progress: list[int] = []
+
+    async def live_then_rebuilt_in_small_batches(app: App) -> None:
+        await seed(app, 300)
+        await app.catalog.create_metric(
+            MetricInput("calls", "Calls", "completion", "COUNT", "", group_by=["model"]), CTX
+        )
+        await seed(app, 200, offset=300)
+        await app.runner.catch_up()
+        monkeypatch.setattr(engine, "BATCH_EVENTS_MAX", 37)
+        monkeypatch.setattr(engine, "REBUILD_BATCH_EVENTS", 37)
+        reads = 0
+        read = engine.read_projected_after
+
+        async def counted(*args: object) -> object:
+            nonlocal reads
+            reads += 1
+            return await read(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(engine, "read_projected_after", counted)
+        fresh = await app.runner.start_rebuild("usage_rollups", 2)
+        progress.extend([p.checkpoint async for p in app.runner.build(fresh)])
+        head = progress[-1]
+        # The first batch's own read, one ahead of each batch (the last one's
+        # finds nothing after the head), and the empty batch's own read: had
+        # a batch not used the rows read for it, it would have read them again.
+        batches = len(progress) - 1  # and a last report after them
+        assert reads == 1 + batches + 1, (reads, progress)
+        assert head > 500
+
+    run_app(database_url, live_then_rebuilt_in_small_batches)
+    batches = progress[:-1]
+    assert batches == [*range(37, progress[-1], 37), progress[-1]]
+    same_rows(database_url, "usage_rollups", 1, 2)
+
+
+def test_rows_read_ahead_from_another_checkpoint_are_not_applied(database_url: str) -> None:
+    async def body(app: App) -> None:
+        await seed(app, 50)
+        runner = app.runner
+        rollups = runner.projection("usage_rollups", 1)
+        async with app.pool.connection() as reader:
+            stale = await engine.ReadAhead.start(reader, 10, 40)  # the checkpoint is 0
+            batch = await runner._run_batch(rollups, 5, False, stale, None)
+        assert batch.moved == 5  # its own read of 5, not the 40 read after seq 10
 
     run_app(database_url, body)
