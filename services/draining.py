@@ -4,31 +4,34 @@ gRPC's graceful stop waits until every call is over or the grace runs out.
 Calls that no handler of ours is serving can hold it for the whole grace:
 long-lived health watches, and, we suspect from one failed test, a call that
 crosses the shutdown in flight, accepted by gRPC but never handed on. So the
-server counts the calls its handlers are running, and once none has run for
-a moment after the stop began, it stops at once: the calls left are refused
-UNAVAILABLE, never acknowledged, and safe to retry.
+server counts its calls under way, from the handler's start until the reply
+is sent, and once none has begun or ended for a moment after the stop began,
+it stops at once: the calls left, which no handler of ours began, are refused
+UNAVAILABLE and safe to retry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
 import grpc
 
-# How long no handler must have run before the rest is refused: long enough for
-# a call matched just before the stop to reach its handler, and for a finished
-# handler's reply to be sent.
+# How long no call may have begun or ended before the rest is refused: long
+# enough for a call gRPC handed on just before the stop to reach its handler.
 SETTLE_S: Final = 0.25
 _OURS: Final = "/accrual.v1."
 
 
 class CallsInFlight(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Counts the Accrual calls whose handlers are running (not health or reflection)."""
+    """Counts the Accrual calls under way (not health or reflection): from the
+    handler's start until gRPC has ended the call, its reply sent or the client gone."""
 
     def __init__(self) -> None:
         self.running = 0
+        self.changed_at = 0.0  # when a call last began or ended (monotonic seconds)
 
     async def intercept_service(
         self,
@@ -46,35 +49,36 @@ class CallsInFlight(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _unary(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def counted(request: object, context: grpc.aio.ServicerContext) -> Any:
-            self.running += 1
-            try:
-                return await behavior(request, context)
-            finally:
-                self.running -= 1
+            self._begin(context)
+            return await behavior(request, context)
 
         return counted
 
     def _stream(self, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., Any]:
         async def counted(request: object, context: grpc.aio.ServicerContext) -> Any:
-            self.running += 1
-            try:
-                async for response in behavior(request, context):
-                    yield response
-            finally:
-                self.running -= 1
+            self._begin(context)
+            async for response in behavior(request, context):
+                yield response
 
         return counted
 
+    def _begin(self, context: grpc.aio.ServicerContext) -> None:
+        # Ended by gRPC when the call is over: after its reply is sent, and also
+        # when the client goes away mid-stream (a generator's own cleanup can
+        # wait for the garbage collector).
+        self.running += 1
+        self.changed_at = time.monotonic()
+        context.add_done_callback(self._end)
+
+    def _end(self, _: object) -> None:
+        self.running -= 1
+        self.changed_at = time.monotonic()
+
     async def settled(self, settle_s: float = SETTLE_S) -> None:
-        """Return once no handler has run for ``settle_s`` (polled: it is only
-        awaited while the server stops)."""
-        quiet_since = asyncio.get_running_loop().time()
-        while True:
-            now = asyncio.get_running_loop().time()
-            if self.running:
-                quiet_since = now
-            elif now - quiet_since >= settle_s:
-                return
+        """Return once, for ``settle_s`` since this was called, no call has been
+        under way, begun or ended (polled: it is only awaited while stopping)."""
+        called_at = time.monotonic()
+        while self.running or time.monotonic() - max(self.changed_at, called_at) < settle_s:
             await asyncio.sleep(settle_s / 5)
 
 

@@ -108,7 +108,23 @@ def test_a_call_in_flight_finishes_before_the_server_stops(database_url: str) ->
     serve_and_stop(database_url, body)
 
 
-def test_streamed_calls_count_until_their_last_message() -> None:
+class EndingContext:
+    """The part of a servicer context the counter uses: gRPC ends the call later."""
+
+    def __init__(self) -> None:
+        self.done: list[Callable[[object], None]] = []
+
+    def add_done_callback(self, callback: Callable[[object], None]) -> None:
+        self.done.append(callback)
+
+    def end(self) -> None:
+        for callback in self.done:
+            callback(self)
+
+
+def test_streamed_calls_count_until_grpc_ends_them() -> None:
+    """From the handler's start until gRPC ends the call (its status sent, or the
+    client gone), not until the handler's generator is cleaned up."""
     calls = CallsInFlight()
     seen: list[int] = []
 
@@ -118,9 +134,32 @@ def test_streamed_calls_count_until_their_last_message() -> None:
             yield n
 
     async def main() -> list[int]:
+        context = EndingContext()
         counted = calls._stream(stream)
-        return [n async for n in counted(None, None)]
+        responses = counted(None, context)
+        first = await anext(responses)  # the client goes away after one message
+        assert calls.running == 1
+        context.end()
+        return [first]
 
-    assert asyncio.run(main()) == [0, 1, 2]
-    assert seen == [1, 1, 1]
+    assert asyncio.run(main()) == [0]
+    assert seen == [1]
     assert calls.running == 0
+
+
+def test_stopping_waits_for_calls_that_begin_and_end_between_looks() -> None:
+    """A call that begins and ends between two polls still restarts the quiet time."""
+    calls = CallsInFlight()
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        waiting = asyncio.ensure_future(calls.settled(0.25))
+        await asyncio.sleep(0.2)
+        context = EndingContext()
+        calls._begin(context)  # type: ignore[arg-type]
+        context.end()  # at once: no poll sees it running
+        await waiting
+        return loop.time() - started
+
+    assert asyncio.run(main()) >= 0.2 + 0.25
