@@ -136,8 +136,13 @@ class ReadAhead(NamedTuple):
         cls, reader: AsyncConnection[TupleRow], after_seq: int, limit: int
     ) -> ReadAhead:
         rows = asyncio.ensure_future(read_projected_after(reader, after_seq, limit))
-        await asyncio.sleep(0)  # one turn of the loop: the query is sent
-        return cls(after_seq, rows)
+        ahead = cls(after_seq, rows)
+        try:
+            await asyncio.sleep(0)  # one turn of the loop: the query is sent
+        except BaseException:
+            await ahead.settle()
+            raise
+        return ahead
 
     async def settle(self) -> None:
         """Wait for the read, whatever its outcome: the reader is then idle."""
@@ -150,7 +155,10 @@ async def _read_ahead_rows(reading: ReadAhead | None, checkpoint: int) -> list[P
     change and commit in seq order, so they begin what a read now would give."""
     if reading is None:
         return []
-    rows = await reading.rows
+    try:
+        rows = await reading.rows
+    except psycopg.Error:  # the reader failed: the batch reads its own rows
+        return []
     return rows if reading.after_seq == checkpoint else []
 
 
@@ -242,34 +250,34 @@ class ProjectionRunner:
         at the checkpoint, and a ``reader`` connection on which the next batch's
         rows are read while this one is applied (see :meth:`build`).
         """
-        async with self._pool.connection() as conn, conn.transaction():
-            checkpoint = await _lock_checkpoint(conn, projection)
-            if projection.event_types is None:
-                events = await _read_ahead_rows(reading, checkpoint)
-                if not events:
-                    events = await _read_after(conn, checkpoint, limit)
-                through = events[-1].seq if events else checkpoint
-            else:
-                # seq is gapless and the head is read in the same snapshot as the rows.
-                through = min((await read_head(conn)).seq, checkpoint + limit)
-                events = await read_projected_types_at(
-                    conn, sorted(projection.event_types), through, checkpoint
-                )
-            if through == checkpoint:
-                return BatchRun(0, 0, 0)
-            payload_bytes = sum(len(event.payload) for event in events)
-            ahead = None
-            if reader is not None and projection.event_types is None:
-                next_limit = rebuild_batch_events(len(events), payload_bytes)
-                ahead = await ReadAhead.start(reader, through, next_limit)
-            seqs = (checkpoint, through)
-            try:
+        ahead: ReadAhead | None = None  # started in the transaction, settled on any failure
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                checkpoint = await _lock_checkpoint(conn, projection)
+                if projection.event_types is None:
+                    events = await _read_ahead_rows(reading, checkpoint)
+                    if not events:
+                        events = await _read_after(conn, checkpoint, limit)
+                    through = events[-1].seq if events else checkpoint
+                else:
+                    # seq is gapless and the head is read in the same snapshot as the rows.
+                    through = min((await read_head(conn)).seq, checkpoint + limit)
+                    events = await read_projected_types_at(
+                        conn, sorted(projection.event_types), through, checkpoint
+                    )
+                if through == checkpoint:
+                    return BatchRun(0, 0, 0)
+                payload_bytes = sum(len(event.payload) for event in events)
+                if reader is not None and projection.event_types is None:
+                    next_limit = rebuild_batch_events(len(events), payload_bytes)
+                    ahead = await ReadAhead.start(reader, through, next_limit)
+                seqs = (checkpoint, through)
                 head = await self._apply_batch(conn, projection, events, seqs, replaying)
-            except BaseException:
-                if ahead is not None:  # the reader goes back to the pool idle
-                    await ahead.settle()
-                raise
-            return BatchRun(through - checkpoint, payload_bytes, head - through, ahead)
+        except BaseException:
+            if ahead is not None:  # the reader goes back to the pool idle
+                await ahead.settle()
+            raise
+        return BatchRun(through - checkpoint, payload_bytes, head - through, ahead)
 
     async def _apply_batch(
         self,

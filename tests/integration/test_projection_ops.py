@@ -297,9 +297,9 @@ def test_a_rebuild_writes_rows_but_repeats_no_side_effect(database_url: str) -> 
 def test_a_rebuild_read_ahead_batch_by_batch_equals_the_live_version(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each batch's successor is read while it is applied: over many small batches,
-    with a metric's back-fill between them, the rebuilt rows equal the live ones,
-    and every batch after the first uses the rows read for it."""
+    """Each batch's successor is read while it is applied: over many small batches
+    of two metrics' usage, the rebuilt rows equal the live ones, and every batch
+    after the first uses the rows read for it."""
     progress: list[int] = []
 
     async def live_then_rebuilt_in_small_batches(app: App) -> None:
@@ -345,5 +345,50 @@ def test_rows_read_ahead_from_another_checkpoint_are_not_applied(database_url: s
             stale = await engine.ReadAhead.start(reader, 10, 40)  # the checkpoint is 0
             batch = await runner._run_batch(rollups, 5, False, stale, None)
         assert batch.moved == 5  # its own read of 5, not the 40 read after seq 10
+
+    run_app(database_url, body)
+
+
+def test_a_failed_read_ahead_leaves_the_batch_to_read_its_own_rows(database_url: str) -> None:
+    async def body(app: App) -> None:
+        await seed(app, 50)
+        failed: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
+        failed.set_exception(psycopg.OperationalError("the reader's connection was lost"))
+        reading = engine.ReadAhead(0, failed)  # type: ignore[arg-type]
+        rollups = app.runner.projection("usage_rollups", 1)
+        batch = await app.runner._run_batch(rollups, 5, False, reading, None)
+        assert batch.moved == 5
+
+    run_app(database_url, body)
+
+
+def test_a_batch_that_fails_waits_for_its_read_ahead(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader goes back to the pool idle, not with a query in flight."""
+
+    async def body(app: App) -> None:
+        await seed(app, 50)
+        started: list[engine.ReadAhead] = []
+        start = engine.ReadAhead.start
+
+        async def recorded(reader: object, after_seq: int, limit: int) -> engine.ReadAhead:
+            started.append(await start(reader, after_seq, limit))  # type: ignore[arg-type]
+            return started[-1]
+
+        async def failing(*args: object) -> int:
+            raise RuntimeError("the projection failed")
+
+        monkeypatch.setattr(engine.ReadAhead, "start", recorded)
+        monkeypatch.setattr(app.runner, "_apply_batch", failing)
+        rollups = app.runner.projection("usage_rollups", 1)
+        async with app.pool.connection() as reader:
+            await reader.set_autocommit(True)
+            with pytest.raises(RuntimeError, match="the projection failed"):
+                await app.runner._run_batch(rollups, 5, True, None, reader)
+            assert len(started) == 1
+            assert started[0].rows.done()
+            assert started[0].rows.result()[0].seq == 6  # the rows after the batch, read
+            await reader.set_autocommit(False)
 
     run_app(database_url, body)
