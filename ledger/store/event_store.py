@@ -464,8 +464,9 @@ async def iter_stream_between(
     """
     async with conn.cursor(name="accrual_stream_between") as cur:
         await cur.execute(_STREAM_BETWEEN, (stream_id, *occurred, *seqs))
-        async for rows in _pages_ahead(cur, batch):
-            yield [stored_event(row) for row in rows]
+        async with contextlib.aclosing(_pages_ahead(cur, batch)) as pages:
+            async for rows in pages:
+                yield [stored_event(row) for row in rows]
 
 
 async def iter_payloads_between(
@@ -480,8 +481,9 @@ async def iter_payloads_between(
     query = _STREAM_BETWEEN.replace(_COLUMNS, "seq, schema_version, payload", 1)
     async with conn.cursor(name="accrual_payloads_between", binary=True) as cur:
         await cur.execute(query, (stream_id, *occurred, *seqs))
-        async for rows in _pages_ahead(cur, batch):
-            yield [(int(seq), int(version), bytes(payload)) for seq, version, payload in rows]
+        async with contextlib.aclosing(_pages_ahead(cur, batch)) as pages:
+            async for rows in pages:
+                yield [(int(seq), int(version), bytes(payload)) for seq, version, payload in rows]
 
 
 async def iter_streams(
@@ -494,35 +496,45 @@ async def iter_streams(
             " ORDER BY seq",
             (stream_ids, up_to_seq),
         )
-        async for rows in _pages_ahead(cur, batch):
-            for row in rows:
-                yield stored_event(row)
+        async with contextlib.aclosing(_pages_ahead(cur, batch)) as pages:
+            async for rows in pages:
+                for row in rows:
+                    yield stored_event(row)
 
 
 async def _pages_ahead(
     cur: AsyncServerCursor[TupleRow], size: int
-) -> AsyncIterator[list[TupleRow]]:
+) -> AsyncGenerator[list[TupleRow], None]:
     """A server-side cursor's rows, ``size`` at a time, each page requested before
     the one before it is handed out: PostgreSQL reads the next page while the
-    caller works on this one (a replay's fold waited a tenth of its time on reads)."""
+    caller works on this one (a replay's fold waited a tenth of its time on reads).
+    Close it before the cursor (``contextlib.aclosing``): a caller that stops early
+    then waits for the fetch in flight, and the cursor closes on an idle connection."""
     ahead = await _fetch_ahead(cur, size)
     try:
         while rows := await ahead:
             ahead = await _fetch_ahead(cur, size)
             yield rows
     finally:
-        # The caller stopped early: let the fetch in flight finish, so that the
-        # connection is idle again when the cursor closes.
-        with contextlib.suppress(Exception):
-            await ahead
+        await _settle(ahead)
 
 
 async def _fetch_ahead(
     cur: AsyncServerCursor[TupleRow], size: int
 ) -> asyncio.Future[list[TupleRow]]:
     fetch = asyncio.ensure_future(cur.fetchmany(size))
-    await asyncio.sleep(0)  # one turn of the loop: the fetch's request is sent
+    try:
+        await asyncio.sleep(0)  # one turn of the loop: the fetch's request is sent
+    except BaseException:
+        await _settle(fetch)
+        raise
     return fetch
+
+
+async def _settle(fetch: asyncio.Future[list[TupleRow]]) -> None:
+    """Wait for a fetch whatever its outcome (a caller that stopped has no use for it)."""
+    with contextlib.suppress(Exception):
+        await fetch
 
 
 async def read_types_at(
