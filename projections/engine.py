@@ -392,8 +392,12 @@ class ProjectionRunner:
             try:
                 async with _autocommit_connection(self._pool) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    async for _ in conn.notifies():
-                        self._wake.set()
+                    try:
+                        async for _ in conn.notifies():
+                            self._wake.set()
+                    finally:  # the connection goes back to the pool
+                        with contextlib.suppress(psycopg.Error):
+                            await conn.execute("UNLISTEN *")
             except (OSError, psycopg.Error, PoolTimeout):
                 await asyncio.sleep(POLL_INTERVAL_S)
 

@@ -230,6 +230,10 @@ def test_connections_lent_to_the_runner_go_back_to_the_pool_in_transaction_mode(
                 for _ in range(app.pool.max_size)
             ]
             assert [conn.autocommit for conn in lent] == [False] * len(lent)
+            for conn in lent:  # and none still listens for appends
+                cur = await conn.execute("SELECT count(*) FROM pg_listening_channels()")
+                assert await cur.fetchone() == (0,)
+                await conn.rollback()
 
     run_app(database_url, body)
 
