@@ -83,7 +83,7 @@ class CallsInFlight(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 async def stop_when_drained(server: grpc.aio.Server, calls: CallsInFlight, grace_s: float) -> None:
-    """Stop ``server`` gracefully, and at once when its handlers have all finished."""
+    """Stop ``server`` gracefully, and at once when no call of ours is left under way."""
     stopping = asyncio.ensure_future(server.stop(grace_s))
     settled = asyncio.ensure_future(calls.settled())
     try:
