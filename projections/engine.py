@@ -32,6 +32,8 @@ from ledger.store.event_store import (
     read_head,
     read_projected_after,
     read_projected_types_at,
+    sent_ahead,
+    settle,
 )
 from ledger.store.records import ProjectedEvent, RecordedEvent
 from projections.registry import (
@@ -135,19 +137,11 @@ class ReadAhead(NamedTuple):
     async def start(
         cls, reader: AsyncConnection[TupleRow], after_seq: int, limit: int
     ) -> ReadAhead:
-        rows = asyncio.ensure_future(read_projected_after(reader, after_seq, limit))
-        ahead = cls(after_seq, rows)
-        try:
-            await asyncio.sleep(0)  # one turn of the loop: the query is sent
-        except BaseException:
-            await ahead.settle()
-            raise
-        return ahead
+        return cls(after_seq, await sent_ahead(read_projected_after(reader, after_seq, limit)))
 
     async def settle(self) -> None:
         """Wait for the read, whatever its outcome: the reader is then idle."""
-        with contextlib.suppress(Exception):
-            await self.rows
+        await settle(self.rows)
 
 
 async def _read_ahead_rows(reading: ReadAhead | None, checkpoint: int) -> list[ProjectedEvent]:

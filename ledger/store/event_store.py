@@ -7,10 +7,18 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import psycopg
 from opentelemetry import metrics
@@ -33,6 +41,7 @@ from ledger.store.records import (
 )
 
 DEFAULT_PARTITION: Final = 0
+T = TypeVar("T")
 NOTIFY_CHANNEL: Final = "accrual_events"
 _COLUMNS: Final = (
     "seq, partition, stream_id, stream_version, event_type, schema_version, payload, metadata, "
@@ -516,25 +525,33 @@ async def _pages_ahead(
             ahead = await _fetch_ahead(cur, size)
             yield rows
     finally:
-        await _settle(ahead)
+        await settle(ahead)
 
 
 async def _fetch_ahead(
     cur: AsyncServerCursor[TupleRow], size: int
 ) -> asyncio.Future[list[TupleRow]]:
-    fetch = asyncio.ensure_future(cur.fetchmany(size))
+    return await sent_ahead(cur.fetchmany(size))
+
+
+async def sent_ahead(query: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+    """``query`` running on its own, its request already sent: one turn of the loop
+    sends it, so the server works on it while the caller goes on with other work.
+    Settle it (:func:`settle`) before its connection is used for anything else."""
+    running = asyncio.ensure_future(query)
     try:
-        await asyncio.sleep(0)  # one turn of the loop: the fetch's request is sent
+        await asyncio.sleep(0)
     except BaseException:
-        await _settle(fetch)
+        await settle(running)
         raise
-    return fetch
+    return running
 
 
-async def _settle(fetch: asyncio.Future[list[TupleRow]]) -> None:
-    """Wait for a fetch whatever its outcome (a caller that stopped has no use for it)."""
+async def settle(running: asyncio.Future[Any]) -> None:
+    """Wait for a query sent ahead, whatever its outcome: its connection is then
+    idle (a caller that stopped has no use for the result)."""
     with contextlib.suppress(Exception):
-        await fetch
+        await running
 
 
 async def read_types_at(
