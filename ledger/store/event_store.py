@@ -23,6 +23,7 @@ from typing import Any, Final, TypeVar
 import psycopg
 from opentelemetry import metrics
 from psycopg import AsyncConnection, AsyncServerCursor, IsolationLevel
+from psycopg.adapt import PyFormat
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
@@ -83,6 +84,11 @@ _STREAM_VERSIONS_BETWEEN: Final = (
 )
 
 Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
+# What COPY's bytea columns are dumped with. By type oid, psycopg's registry
+# answers its DB-API ``Binary`` wrapper's dumper, whose Python ``dump`` costs
+# 0.07 us more per value than the one it chooses for ``bytes`` (compiled, where
+# psycopg_binary is installed): four values a row.
+_BYTEA_BINARY_DUMPER: Final = psycopg.adapters.get_dumper(bytes, PyFormat.BINARY)
 
 _meter = metrics.get_meter("accrual.ledger")
 _APPEND_MS = _meter.create_histogram(
@@ -648,6 +654,7 @@ async def _write(
     recorded = (recorded_at, recorded_text(recorded_at))
     metadata_bytes = _MetadataBytes()
     async with conn.cursor() as cur:
+        cur.adapters.register_dumper(None, _BYTEA_BINARY_DUMPER)
         # Binary: payloads and hashes travel as bytes, not hex text both sides
         # must encode and parse (a seventh of an append's time in text). Each
         # row is sent as it is built (psycopg flushes every 32 kB), so that
