@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -64,7 +64,8 @@ def to_datetime(ts: Timestamp) -> datetime | None:
         return None
     # Built directly: protobuf's ToDatetime is Python, and twice the cost (batched
     # ingest converts a thousand per call). Nanoseconds are truncated, as it does.
-    return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1_000)
+    # Positional (days, seconds, microseconds): keywords cost timedelta 0.2 us more.
+    return _EPOCH + timedelta(0, ts.seconds, ts.nanos // 1_000)
 
 
 def optional_datetime(message: object, field: str) -> datetime | None:
@@ -361,6 +362,12 @@ def invoice_message(invoice: Invoice, status: str, sha256: str) -> invoices_pb2.
     )
 
 
+def _plain_dict(properties: Mapping[str, str]) -> dict[str, str]:
+    # Not dict(properties): for protobuf's map, that goes through the Mapping
+    # ABC's keys view in Python, twice the cost of iterating the map here.
+    return {name: properties[name] for name in properties}
+
+
 def usage_inputs(events: Iterable[usage_pb2.UsageEvent]) -> list[UsageInput]:
     return [
         # Positional: keywords cost a named tuple a third more, a thousand times a call.
@@ -369,7 +376,7 @@ def usage_inputs(events: Iterable[usage_pb2.UsageEvent]) -> list[UsageInput]:
             event.customer_id,
             event.event_type,
             usage_timestamp(event),
-            dict(event.properties),
+            _plain_dict(event.properties),
         )
         for event in events
     ]

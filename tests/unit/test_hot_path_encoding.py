@@ -30,7 +30,8 @@ from ledger.core.events import (
     usage_payload_bytes,
 )
 from ledger.store.chain import row_hash
-from services.convert import to_datetime
+from services.api.accrual.v1 import usage_pb2
+from services.convert import to_datetime, usage_inputs
 
 texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=16)
 instants = st.datetimes(
@@ -198,3 +199,11 @@ def test_usage_events_hand_written_init_sets_the_dataclass_fields_in_order() -> 
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         event.customer_id = "other"  # type: ignore[misc]
+
+
+@given(properties=st.dictionaries(texts, texts, max_size=8))
+def test_usage_properties_convert_to_a_plain_dict(properties: dict[str, str]) -> None:
+    request = usage_pb2.RecordUsageRequest(events=[usage_pb2.UsageEvent(properties=properties)])
+    (converted,) = usage_inputs(request.events)
+    assert type(converted.properties) is dict
+    assert converted.properties == properties
