@@ -12,7 +12,7 @@ from typing import Final, NamedTuple
 from ledger.app.catalog import MetricRegistry
 from ledger.app.context import RequestContext
 from ledger.app.streams import customer_stream, usage_stream
-from ledger.core.canonical import sha256_hex
+from ledger.core.canonical import format_instant, sha256_hex
 from ledger.core.catalog import BillableMetric
 from ledger.core.errors import DomainError, FieldViolation, Rule
 from ledger.core.events import UsageRecorded, usage_payload_bytes
@@ -181,7 +181,8 @@ def _ids_ok(item: UsageInput) -> bool:
 def usage_to_append(event: UsageRecorded, metadata: Mapping[str, str]) -> NewEvent:
     """What RecordUsage appends for a usage event: its stream, idempotency key and
     request hash, and its payload encoded once (the hash is of those bytes)."""
-    payload = usage_payload_bytes(event)
+    occurred = format_instant(event.occurred_at)
+    payload = usage_payload_bytes(event, occurred)
     digest = sha256_hex(payload)
     return NewEvent(
         stream_id=usage_stream(event.customer_id),
@@ -192,6 +193,7 @@ def usage_to_append(event: UsageRecorded, metadata: Mapping[str, str]) -> NewEve
         request_hash=digest,
         payload=payload,
         payload_sha256=digest,
+        occurred_at_text=occurred,
     )
 
 

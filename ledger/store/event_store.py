@@ -314,7 +314,7 @@ def _row(
         kind.SCHEMA_VERSION,
         payload_sha256,
         metadata_parts[1],
-        format_instant(event.occurred_at),
+        event.occurred_at_text or format_instant(event.occurred_at),
         recorded[1],
         event.idempotency_key,
         event.request_hash,

@@ -42,6 +42,9 @@ class NewEvent(NamedTuple):
     # once, not twice, on the hot path.
     payload: bytes | None = None
     payload_sha256: str | None = None
+    # ``occurred_at`` as the chain's header writes it (format_instant), when the
+    # caller already wrote it into the payload: formatted once, not twice.
+    occurred_at_text: str | None = None
 
     def payload_bytes(self) -> bytes:
         return self.payload if self.payload is not None else canonical_json(to_payload(self.event))

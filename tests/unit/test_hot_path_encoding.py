@@ -132,6 +132,9 @@ def test_usage_is_encoded_as_the_generic_encoder_does(
 ) -> None:
     event = UsageRecorded(customer_id, transaction_id, event_type, occurred_at, properties)
     assert usage_payload_bytes(event) == canonical_json(to_payload(event))
+    # RecordUsage passes the instant it already formatted for the chain's header.
+    formatted = format_instant(occurred_at)
+    assert usage_payload_bytes(event, formatted) == canonical_json(to_payload(event))
 
 
 @given(
