@@ -18,7 +18,7 @@ from ledger.core.errors import DomainError, FieldViolation, Rule
 from ledger.core.events import UsageRecorded, usage_payload_bytes
 from ledger.core.metering import matches
 from ledger.core.money import is_decimal_text
-from ledger.core.validation import ID_PATTERN, UsagePolicy, usage_rejection
+from ledger.core.validation import ID_PATTERN, UsagePolicy, UsageScreen
 from ledger.store.event_store import PostgresEventStore
 from ledger.store.records import Appended, AppendOutcome, Duplicate, KeyReused, NewEvent
 
@@ -132,27 +132,25 @@ class RecordUsage:
         return results
 
     async def _rejections(self, items: Sequence[UsageInput]) -> list[str | None]:
-        now = self._clock()
+        screen = UsageScreen(self._policy, self._clock())
         # Only well-formed customer ids reach the lookup; each is looked up once.
-        customer_ids = {i.customer_id for i in items}
-        customers = {customer_stream(c) for c in customer_ids if ID_PATTERN.fullmatch(c)}
-        known_customers = await self._known(customers)
-        metrics = await self._metrics.current()
+        customer_ids = {i.customer_id for i in items if ID_PATTERN.fullmatch(i.customer_id)}
+        streams = {customer_stream(c): c for c in customer_ids}
+        known = {streams[stream] for stream in await self._known(set(streams))}
+        numeric = _numeric_properties((await self._metrics.current()).values())
         rejections: list[str | None] = []
         for item in items:
-            reason = usage_rejection(
-                customer_id=item.customer_id,
-                transaction_id=item.transaction_id,
-                event_type=item.event_type,
-                occurred_at=item.occurred_at,
-                properties=item.properties,
-                now=now,
-                policy=self._policy,
+            reason = screen.rejection(
+                item.customer_id,
+                item.transaction_id,
+                item.event_type,
+                item.occurred_at,
+                item.properties,
             )
-            if reason is None and customer_stream(item.customer_id) not in known_customers:
+            if reason is None and item.customer_id not in known:
                 reason = f"customer_id {item.customer_id!r} is not a known customer"
-            if reason is None:
-                reason = _non_decimal_quantity(item, metrics.values())
+            if reason is None and numeric:
+                reason = _non_decimal_quantity(item, numeric)
             rejections.append(reason)
         return rejections
 
@@ -220,17 +218,21 @@ def _hash(event: UsageRecorded) -> str:
     return sha256_hex(usage_payload_bytes(event))
 
 
-def _non_decimal_quantity(item: UsageInput, metrics: Iterable[BillableMetric]) -> str | None:
+def _numeric_properties(metrics: Iterable[BillableMetric]) -> list[tuple[str, BillableMetric]]:
+    """The metrics that aggregate a number, with the property each reads."""
+    return [(m.property, m) for m in metrics if m.property and m.aggregation.needs_number]
+
+
+def _non_decimal_quantity(
+    item: UsageInput, numeric: Sequence[tuple[str, BillableMetric]]
+) -> str | None:
     """A metric-matched event whose aggregated property is present but not a number.
 
     Refused at the door so the caller can fix it; a *missing* property is accepted
     and shown as unbilled usage on the invoice (PRICING.md).
     """
     assert item.occurred_at is not None
-    for metric in metrics:
-        name = metric.property
-        if not (name and metric.aggregation.needs_number):
-            continue
+    for name, metric in numeric:
         if is_decimal_text(item.properties.get(name, "0")):
             continue
         # Only now is the event built to ask the metric: nearly every event passes.

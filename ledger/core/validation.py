@@ -71,38 +71,81 @@ def check_text(violations: Violations, field: str, value: str, *, required: bool
         violations.add(field, f"must be at most {TEXT_CHARS_MAX} printable characters")
 
 
-def usage_rejection(
-    *,
-    customer_id: str,
-    transaction_id: str,
-    event_type: str,
-    occurred_at: datetime | None,
-    properties: Mapping[str, str],
-    now: datetime,
-    policy: UsagePolicy,
-) -> str | None:
-    """Why a usage event cannot be accepted, or None when it can."""
-    violations = Violations()
-    check_id(violations, "transaction_id", transaction_id)
-    check_id(violations, "customer_id", customer_id)
-    check_name(violations, "event_type", event_type)
+class UsageScreen:
+    """Why usage events cannot be accepted, judged at one moment (``now``): the
+    window of acceptable timestamps is worked out once for a call's events."""
+
+    def __init__(self, policy: UsagePolicy, now: datetime) -> None:
+        self._policy = policy
+        self._earliest = now - policy.late_window
+        self._latest = now + policy.future_tolerance
+
+    def rejection(
+        self,
+        customer_id: str,
+        transaction_id: str,
+        event_type: str,
+        occurred_at: datetime | None,
+        properties: Mapping[str, str],
+    ) -> str | None:
+        """Why the event cannot be accepted, or None when it can."""
+        # Nearly every event passes: it is let through without a report built.
+        if (
+            occurred_at is not None
+            and self._earliest <= occurred_at <= self._latest
+            and ID_PATTERN.fullmatch(customer_id)
+            and ID_PATTERN.fullmatch(transaction_id)
+            and NAME_PATTERN.fullmatch(event_type)
+            and _plain_properties(properties)
+        ):
+            return None
+        return self._report(customer_id, transaction_id, event_type, occurred_at, properties)
+
+    def _report(
+        self,
+        customer_id: str,
+        transaction_id: str,
+        event_type: str,
+        occurred_at: datetime | None,
+        properties: Mapping[str, str],
+    ) -> str | None:
+        violations = Violations()
+        check_id(violations, "transaction_id", transaction_id)
+        check_id(violations, "customer_id", customer_id)
+        check_name(violations, "event_type", event_type)
+        if len(properties) > PROPERTIES_MAX:
+            violations.add("properties", f"at most {PROPERTIES_MAX} properties")
+        for key, value in properties.items():
+            if not NAME_PATTERN.fullmatch(key):
+                check_name(violations, _property_field(key), key)
+            if not _plain_value(value):
+                violations.add(_property_field(key), "value too long or has control characters")
+        policy = self._policy
+        if occurred_at is None:
+            violations.add("timestamp", "is required (and must be a valid instant)")
+        elif occurred_at > self._latest:
+            violations.add("timestamp", f"is more than {policy.future_tolerance} in the future")
+        elif occurred_at < self._earliest:
+            violations.add(
+                "timestamp", f"is older than the {policy.late_window.days}-day late window"
+            )
+        if not violations.items:
+            return None
+        return "; ".join(f"{v.field} {v.description}" for v in violations.items)
+
+
+def _plain_properties(properties: Mapping[str, str]) -> bool:
+    """Whether every property's name and value pass, and there are not too many."""
     if len(properties) > PROPERTIES_MAX:
-        violations.add("properties", f"at most {PROPERTIES_MAX} properties")
+        return False
     for key, value in properties.items():
-        # The field's name is built only for a violation: nearly every property passes.
-        if not NAME_PATTERN.fullmatch(key):
-            check_name(violations, _property_field(key), key)
-        if len(value) > PROPERTY_VALUE_CHARS_MAX or _CONTROL_CHAR.search(value):
-            violations.add(_property_field(key), "value too long or has control characters")
-    if occurred_at is None:
-        violations.add("timestamp", "is required (and must be a valid instant)")
-    elif occurred_at > now + policy.future_tolerance:
-        violations.add("timestamp", f"is more than {policy.future_tolerance} in the future")
-    elif occurred_at < now - policy.late_window:
-        violations.add("timestamp", f"is older than the {policy.late_window.days}-day late window")
-    if not violations.items:
-        return None
-    return "; ".join(f"{v.field} {v.description}" for v in violations.items)
+        if not (NAME_PATTERN.fullmatch(key) and _plain_value(value)):
+            return False
+    return True
+
+
+def _plain_value(value: str) -> bool:
+    return len(value) <= PROPERTY_VALUE_CHARS_MAX and not _CONTROL_CHAR.search(value)
 
 
 def _property_field(key: str) -> str:
