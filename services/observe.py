@@ -63,6 +63,12 @@ _ingest_calls = _meter.create_counter(
 )
 
 
+def traced() -> bool:
+    """Whether this call's span is recorded: facts that cost work to gather (a batch's
+    distinct customers) are gathered only then."""
+    return bool(trace.get_current_span().is_recording())
+
+
 def describe_call(**attributes: str | int) -> None:
     """Put facts of the call (customer, batch size) on its server span."""
     span = trace.get_current_span()

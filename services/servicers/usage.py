@@ -8,7 +8,7 @@ from ledger.app.usage import RecordUsage, UsageStatus
 from services.api.accrual.v1 import usage_pb2, usage_pb2_grpc
 from services.convert import usage_inputs
 from services.errors import rpc
-from services.observe import describe_call, record_ingest
+from services.observe import describe_call, record_ingest, traced
 from services.request import request_context
 
 _STATUS = {
@@ -26,10 +26,11 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
     async def RecordUsage(
         self, request: usage_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext
     ) -> usage_pb2.RecordUsageResponse:
-        customers = {event.customer_id for event in request.events}
-        describe_call(batch_size=len(request.events), customers=len(customers))
-        if len(customers) == 1:
-            describe_call(customer_id=next(iter(customers)))
+        if traced():
+            customers = {event.customer_id for event in request.events}
+            describe_call(batch_size=len(request.events), customers=len(customers))
+            if len(customers) == 1:
+                describe_call(customer_id=next(iter(customers)))
         results = await self._record_usage(usage_inputs(request.events), request_context(context))
         record_ingest(result.status.value for result in results)
         return usage_pb2.RecordUsageResponse(

@@ -6,13 +6,15 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from services.api.accrual.v1 import contracts_pb2, contracts_pb2_grpc
+from services.api.accrual.v1 import contracts_pb2, contracts_pb2_grpc, usage_pb2, usage_pb2_grpc
 from services.telemetry import Telemetry, configure_telemetry
 from tests.e2e.conftest import RunningServer, serving
 
@@ -103,3 +105,37 @@ def test_projection_batches_are_spans_linked_to_the_calls_they_apply(
     # Background work has its own trace, linked to (not inside) the call's.
     assert all(format(span.context.trace_id, "032x") != trace_id for span in batches)
     assert all((span.attributes or {}).get("accrual.events", 0) >= 1 for span in batches)
+
+
+def test_a_usage_calls_span_names_its_batch_and_customer(
+    traced_server: RunningServer, telemetry: Telemetry
+) -> None:
+    contracts_pb2_grpc.ContractServiceStub(traced_server.channel).CreateCustomer(
+        contracts_pb2.CreateCustomerRequest(
+            customer=contracts_pb2.Customer(customer_id="metered", name="Metered Ltd")
+        )
+    )
+    stamp = Timestamp()
+    stamp.FromDatetime(datetime.now(UTC) - timedelta(minutes=1))
+    events = [
+        usage_pb2.UsageEvent(
+            transaction_id=f"tx-{n}", customer_id="metered", event_type="api", timestamp=stamp
+        )
+        for n in range(3)
+    ]
+    trace_id = secrets.token_hex(16)
+    usage_pb2_grpc.UsageServiceStub(traced_server.channel).RecordUsage(
+        usage_pb2.RecordUsageRequest(events=events),
+        metadata=[("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01")],
+    )
+    assert telemetry.tracer_provider is not None
+    telemetry.tracer_provider.force_flush()
+    (server_span,) = [
+        s
+        for s in EXPORTER.get_finished_spans()
+        if s.kind is SpanKind.SERVER and format(s.context.trace_id, "032x") == trace_id
+    ]
+    attributes = server_span.attributes or {}
+    assert attributes.get("accrual.batch_size") == 3
+    assert attributes.get("accrual.customers") == 1
+    assert attributes.get("accrual.customer_id") == "metered"
