@@ -57,6 +57,7 @@ test-all: lint browser ## Every test, slow suites included
 bench: install ## Benchmarks on their own databases (knobs: README, Performance)
 	$(BIN)/python tests/bench/bench_rebuild.py
 	$(BIN)/python tests/bench/bench_ingest.py
+	$(BIN)/python tests/bench/bench_ingest_cpu.py
 	$(BIN)/python tests/bench/bench_entitlements.py
 	$(BIN)/python tests/bench/bench_invoice.py
 

@@ -1,0 +1,151 @@
+"""Benchmark: the CPU each usage event costs Accrual's own process, without the network.
+
+Run with ``make bench`` (not part of ``make test``). The ingest benchmark's
+rates move with the machine's disk and with what else runs: the raw-COPY
+reference has ranged from 85,000 to 165,000 rows/s on one machine in one day.
+This one counts process CPU (``time.process_time``), which moves much less,
+so a change to the hot path can be judged by a few runs of it. It starts its
+own embedded PostgreSQL (fsync on) and measures:
+
+1. RecordUsage, 1,000 events a call, 8 calls at a time: the servicer's own
+   method (request decoded from bytes, its reply encoded to bytes) through the
+   group committer and the event store, in microseconds of CPU per event;
+2. the projection runner catching up on what that wrote: every live
+   projection, in microseconds of CPU per ledger event.
+
+gRPC's transport and PostgreSQL's own work are not counted: the ingest
+benchmark measures those. Knob: ACCRUAL_BENCH_CPU_CALLS (default 400).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from results_file import write_result
+
+from ledger.app.catalog import MetricInput
+from ledger.app.context import RequestContext
+from ledger.store import migrate
+from services.api.accrual.v1 import usage_pb2
+from services.bootstrap import App, running_app
+from services.config import Settings
+from services.embedded_db import EmbeddedPostgres, free_port
+from services.logs import configure_logging
+from services.server import tune_garbage_collector
+from services.servicers.usage import UsageServicer
+
+CALLS = int(os.environ.get("ACCRUAL_BENCH_CPU_CALLS", "400"))
+EVENTS_PER_CALL = 1_000
+CONCURRENT_CALLS = 8
+CUSTOMERS = 100
+CTX = RequestContext(actor="bench", reason="benchmark")
+
+
+class _Context:
+    """What the servicer asks of a gRPC call's context: its metadata (none here)."""
+
+    def invocation_metadata(self) -> Sequence[tuple[str, str]]:
+        return ()
+
+
+def request_bytes(call: int, now: datetime) -> bytes:
+    """A serialized call of 1,000 events, as the ingest benchmark's clients send."""
+    stamp = Timestamp()
+    stamp.FromDatetime(now - timedelta(seconds=30))
+    events = [
+        usage_pb2.UsageEvent(
+            transaction_id=f"tx-{call}-{n:06d}",
+            customer_id=f"cust-{n % CUSTOMERS:03d}",
+            event_type="completion",
+            timestamp=stamp,
+            properties={"model": "small", "tokens": "1234"},
+        )
+        for n in range(EVENTS_PER_CALL)
+    ]
+    return usage_pb2.RecordUsageRequest(events=events).SerializeToString()
+
+
+async def setup(app: App) -> None:
+    metric = MetricInput("tokens", "LLM tokens", "completion", "SUM", "tokens")
+    await app.catalog.create_metric(metric, CTX)
+    for n in range(CUSTOMERS):
+        await app.customers.create_customer(f"cust-{n:03d}", f"C {n}", CTX)
+    await app.runner.catch_up()
+
+
+async def ingest_cpu(app: App) -> dict[str, int | float]:
+    servicer = UsageServicer(app.record_usage)
+    context = _Context()
+    now = datetime.now(UTC)
+    requests = [request_bytes(call, now) for call in range(CALLS)]
+
+    async def call(data: bytes) -> bytes:
+        request = usage_pb2.RecordUsageRequest.FromString(data)
+        reply = await servicer.RecordUsage(request, context)  # type: ignore[arg-type]
+        assert reply.consistency_token > 0, reply
+        return reply.SerializeToString()
+
+    warm, measured = requests[:CONCURRENT_CALLS], requests[CONCURRENT_CALLS:]
+    await asyncio.gather(*map(call, warm))
+    cpu, wall = time.process_time(), time.perf_counter()
+    for start in range(0, len(measured), CONCURRENT_CALLS):
+        await asyncio.gather(*map(call, measured[start : start + CONCURRENT_CALLS]))
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    events = len(measured) * EVENTS_PER_CALL
+    return {
+        "RecordUsage: events": events,
+        "RecordUsage: CPU us/event": cpu / events * 1e6,
+        "RecordUsage: events/s (one process, no network)": events / wall,
+    }
+
+
+async def projector_cpu(app: App) -> dict[str, float]:
+    head = (await app.store.head()).seq
+    cpu, wall = time.process_time(), time.perf_counter()
+    await app.runner.catch_up()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    events = CALLS * EVENTS_PER_CALL
+    assert (await app.store.head()).seq == head
+    return {
+        "projector catch-up: CPU us/event": cpu / events * 1e6,
+        "projector catch-up: events/s": events / wall,
+    }
+
+
+def main() -> int:
+    configure_logging("json", level=30)  # the per-call log lines are not what is measured
+    tune_garbage_collector()  # the collector settings `accrual serve` runs with
+    with tempfile.TemporaryDirectory() as folder:
+        embedded = EmbeddedPostgres(Path(folder) / "pg", free_port(), fsync=True)
+        url = embedded.start()
+        try:
+            migrate.upgrade(url)
+            settings = dataclasses.replace(Settings.from_env({}), run_projector=False)
+
+            async def run() -> dict[str, int | float]:
+                async with running_app(settings, url) as app:
+                    await setup(app)
+                    return {**await ingest_cpu(app), **await projector_cpu(app)}
+
+            figures = asyncio.run(run())
+        finally:
+            embedded.stop()
+    print(f"\nAccrual ingest CPU: {CALLS:,} calls of {EVENTS_PER_CALL:,} events, in process")
+    for label, value in figures.items():
+        shown = f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"
+        print(f"  {label:<48} {shown:>12}")
+    write_result("ingest-cpu", {"calls": CALLS, "figures": figures})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
