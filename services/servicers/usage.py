@@ -32,7 +32,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             if len(customers) == 1:
                 describe_call(customer_id=next(iter(customers)))
         results = await self._record_usage(usage_inputs(request.events), request_context(context))
-        record_ingest(result.status.value for result in results)
+        record_ingest(result.status for result in results)
         return usage_pb2.RecordUsageResponse(
             results=[
                 usage_pb2.UsageEventResult(
