@@ -125,6 +125,7 @@ class BatchRun(NamedTuple):
     payload_bytes: int
     behind: int
     ahead: ReadAhead | None = None  # the next batch's rows, being read
+    read: ReadAhead | None = None  # the rows it applied, if it read every event
 
 
 class ReadAhead(NamedTuple):
@@ -138,6 +139,13 @@ class ReadAhead(NamedTuple):
         cls, reader: AsyncConnection[TupleRow], after_seq: int, limit: int
     ) -> ReadAhead:
         return cls(after_seq, await sent_ahead(read_projected_after(reader, after_seq, limit)))
+
+    @classmethod
+    def done(cls, after_seq: int, rows: list[ProjectedEvent]) -> ReadAhead:
+        """Rows already read, for another projection at the same checkpoint."""
+        read = asyncio.get_running_loop().create_future()
+        read.set_result(rows)
+        return cls(after_seq, read)
 
     async def settle(self) -> None:
         """Wait for the read, whatever its outcome: the reader is then idle."""
@@ -242,7 +250,8 @@ class ProjectionRunner:
 
         A rebuild passes the rows it read ahead (``reading``), used if they start
         at the checkpoint, and a ``reader`` connection on which the next batch's
-        rows are read while this one is applied (see :meth:`build`).
+        rows are read while this one is applied (see :meth:`build`). A catch-up
+        passes the rows another projection of every event has just applied.
         """
         ahead: ReadAhead | None = None  # started in the transaction, settled on any failure
         try:
@@ -261,6 +270,8 @@ class ProjectionRunner:
                     )
                 if through == checkpoint:
                     return BatchRun(0, 0, 0)
+                every_event = projection.event_types is None
+                read = ReadAhead.done(checkpoint, events) if every_event else None
                 payload_bytes = sum(len(event.payload) for event in events)
                 if reader is not None and projection.event_types is None:
                     next_limit = rebuild_batch_events(len(events), payload_bytes)
@@ -271,7 +282,7 @@ class ProjectionRunner:
             if ahead is not None:  # the reader goes back to the pool idle
                 await ahead.settle()
             raise
-        return BatchRun(through - checkpoint, payload_bytes, head - through, ahead)
+        return BatchRun(through - checkpoint, payload_bytes, head - through, ahead, read)
 
     async def _apply_batch(
         self,
@@ -311,18 +322,31 @@ class ProjectionRunner:
     async def catch_up(self, names: set[str] | None = None) -> int:
         """Apply batches until the live projections (or those named) reach the head."""
         applied = 0
-        for projection in await self.live_projections():
-            if names is not None and projection.name not in names:
-                continue
-            # A batch that ends at the head it read after applying stops the loop:
-            # that read came after this call began, so nothing committed before
-            # it is left, and an empty batch to prove it would cost a transaction
-            # per projection on every wake-up.
-            while True:
-                batch = await self._run_batch(projection, BATCH_EVENTS_MAX, replaying=False)
+        pending = [
+            projection
+            for projection in await self.live_projections()
+            if names is None or projection.name in names
+        ]
+        # Round by round, a batch of each: projections of every event (usage
+        # rollups, late usage) mostly share a checkpoint, and the later ones
+        # apply the rows the first one read. Ledger rows never change, so
+        # they are what their own read would give, or a prefix of it.
+        while pending:
+            shared: ReadAhead | None = None
+            unfinished = []
+            for projection in pending:
+                batch = await self._run_batch(
+                    projection, BATCH_EVENTS_MAX, replaying=False, reading=shared
+                )
                 applied += batch.moved
-                if batch.moved == 0 or batch.behind <= 0:
-                    break
+                shared = batch.read or shared
+                # A batch that ends at the head it read after applying is the
+                # projection's last: that read came after this call began, so
+                # nothing committed before it is left, and an empty batch to
+                # prove it would cost a transaction per projection per wake-up.
+                if batch.moved and batch.behind > 0:
+                    unfinished.append(projection)
+            pending = unfinished
         return applied
 
     async def run_forever(self, stop: asyncio.Event) -> None:

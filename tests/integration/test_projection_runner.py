@@ -184,8 +184,10 @@ def test_a_caught_up_projection_costs_one_batch_per_catch_up(
         batches: list[tuple[str, int]] = []
         run_batch = app.runner._run_batch
 
-        async def counted(projection: object, limit: int, replaying: bool) -> engine.BatchRun:
-            batch = await run_batch(projection, limit, replaying)  # type: ignore[arg-type]
+        async def counted(
+            projection: object, limit: int, replaying: bool, **rows: object
+        ) -> engine.BatchRun:
+            batch = await run_batch(projection, limit, replaying, **rows)  # type: ignore[arg-type]
             batches.append((getattr(projection, "name", ""), batch.moved))
             return batch
 
@@ -204,6 +206,43 @@ def test_a_caught_up_projection_costs_one_batch_per_catch_up(
         await app.runner.catch_up({"usage_rollups"})
         assert batches == [("usage_rollups", 2), ("usage_rollups", 2), ("usage_rollups", 1)]
         assert await rolled_up(app) == (EVENTS + 6, 2 * EVENTS + 10)
+
+    run_app(database_url, body)
+
+
+def test_projections_of_every_event_apply_one_read_of_the_ledger(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Usage rollups and late usage both take every event: at one checkpoint, the
+    rows the first read are applied by the second, batch by batch."""
+
+    async def body(app: App) -> None:
+        await seed(app)
+        await app.runner.catch_up()
+        every_event = [p.name for p in app.runner._definitions.values() if p.event_types is None]
+        assert len(every_event) >= 2, every_event
+        reads: list[int] = []
+        read = engine.read_projected_after
+
+        async def counted(conn: object, after_seq: int, limit: int) -> list[object]:
+            reads.append(after_seq)
+            return await read(conn, after_seq, limit)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(engine, "read_projected_after", counted)
+        monkeypatch.setattr(engine, "BATCH_EVENTS_MAX", 2)
+        head = (await app.store.head()).seq
+        for n in range(5):
+            usage = UsageInput(f"shared{n}", "acme", "completion", NOW, {"tokens": "1"})
+            await app.record_usage([usage], CTX)
+        await app.runner.catch_up()
+        assert reads == [head, head + 2, head + 4]  # three batches, each read once
+        assert await rolled_up(app) == (EVENTS + 5, 2 * EVENTS + 5)
+        async with app.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT name, seq FROM projection_checkpoints WHERE name = ANY(%s)",
+                (every_event,),
+            )
+            assert dict(await cur.fetchall()) == dict.fromkeys(every_event, head + 5)
 
     run_app(database_url, body)
 
