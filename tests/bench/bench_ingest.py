@@ -17,6 +17,10 @@ It starts its own embedded PostgreSQL (fsync on) and, in one run, measures:
    (``ACCRUAL_RUN_PROJECTOR=false`` for the server), as one deploys for heavy
    ingest; the projector's CPU is reported beside the server's.
 
+Each Accrual phase starts once the projections have applied the whole ledger,
+so that none pays for applying the phase before's events (how long that took
+after the batched phase is printed).
+
 Load comes from a separate process (grpc.aio, N coroutines, requests serialized
 before the clock starts) whose own CPU use is reported. Each Accrual row is set
 against the reference measured in the same run. Prints one table and writes it
@@ -536,6 +540,24 @@ def setup_world(address: str, admin: tuple[tuple[str, str], ...]) -> None:
             )
 
 
+def projections_caught_up(url: str, within_s: float = 300) -> float:
+    """Wait until every live projection has applied the whole ledger; return how
+    long that took. Each phase starts from there: otherwise the projector would
+    still be applying the phase before's events during it."""
+    started = time.monotonic()
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() - started < within_s:
+            row = conn.execute(
+                "SELECT (SELECT last_seq FROM ledger_heads WHERE partition = 0)"
+                " - coalesce(min(c.seq), 0) FROM projection_checkpoints c"
+                " JOIN projection_registry r USING (name, version) WHERE r.state = 'live'"
+            ).fetchone()
+            if row is not None and row[0] <= 0:
+                return time.monotonic() - started
+            time.sleep(0.1)
+    raise RuntimeError(f"the projections did not catch up within {within_s:.0f} s")
+
+
 def usage_rows(url: str) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT count(*) FROM events WHERE event_type = 'UsageRecorded'")
@@ -619,6 +641,7 @@ def accrual_phases(
         ]
         with Sampler(serve.pid, postmaster) as whole:
             for name, prefix, per_call, clients, rate_guess in phases:
+                drained_s = projections_caught_up(url)
                 print(f"   RecordUsage {name}: {per_call}/call, {clients} clients", flush=True)
                 profile = RESULTS / f"ingest-{stamp}-{name}{tag}.pyspy.txt" if PYSPY else None
                 extra = project.pid if project is not None else None
@@ -640,6 +663,7 @@ def accrual_phases(
                 result["postgres_cpu_pct"] = sampler.cpu_pct("postgres")
                 result["projector_cpu_pct"] = sampler.cpu_pct("extra")
                 result["server_peak_rss_kb"] = sampler.peak_rss_kb
+                result["projections_caught_up_before_s"] = drained_s
                 if profile is not None:
                     result["pyspy_profile"] = profile.name
                 figures[name] = result
@@ -780,7 +804,9 @@ def main() -> int:
             f"  {where}: single-event p99 / echo p99 {ratios['single_p99_vs_echo_p99']:.1f}x;"
             f" server VmHWM {mb(run['server_vmhwm_kb'])} MB;"
             f" ledger rows written {run['ledger_check']['written']:,}"
-            f" / acknowledged {run['ledger_check']['acknowledged']:,}"
+            f" / acknowledged {run['ledger_check']['acknowledged']:,};"
+            f" projections caught up {run['single']['projections_caught_up_before_s']:.1f} s"
+            " after the batched phase"
         )
     for name, row in (
         ("echo", echo_r),
