@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from ledger.app import catalog
 from ledger.app.catalog import MetricInput, MetricRegistry
 from ledger.app.context import RequestContext
 from ledger.store.records import StoredEvent
@@ -96,5 +97,37 @@ def test_a_failed_read_is_not_shared(database_url: str, monkeypatch: pytest.Monk
             await failing
         assert "calls" in await queued  # read again, not the first read's answer
         assert len(reads) == 3
+
+    run_app(database_url, body)
+
+
+def test_callers_arriving_while_a_read_gathers_share_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With callers waiting, a read waits for more while they keep coming; a caller
+    alone reads at once. Every caller still sees what was created before it."""
+    monkeypatch.setattr(catalog, "GATHER_STEP_S", 0.2)
+    monkeypatch.setattr(catalog, "GATHER_MAX_S", 5.0)  # it stops when callers stop coming
+
+    async def body(app: App) -> None:
+        registry = MetricRegistry(app.store)
+        reads = counting_reads(app, monkeypatch)
+        started = asyncio.get_running_loop().time()
+        await registry.current()  # alone: no gathering
+        assert asyncio.get_running_loop().time() - started < 0.2
+        assert len(reads) == 1
+
+        reads.clear()
+        first = asyncio.create_task(registry.current())  # reads at once, alone
+        await asyncio.sleep(0)
+        waiting = [asyncio.create_task(registry.current()) for _ in range(3)]
+        await first  # the waiting three share the next read, which gathers
+        await asyncio.sleep(0.05)  # during its first step
+        await app.catalog.create_metric(MetricInput("calls", "Calls", "call", "COUNT", ""), CTX)
+        late = [asyncio.create_task(registry.current()) for _ in range(3)]
+        answers = await asyncio.gather(*waiting, *late)
+        assert len(reads) == 2, reads  # the late callers joined the gathering read
+        assert asyncio.get_running_loop().time() - started < 2.0  # two steps, not 5 s
+        assert all("calls" in answer for answer in answers)
 
     run_app(database_url, body)
