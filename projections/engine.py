@@ -331,13 +331,18 @@ class ProjectionRunner:
         # rollups, late usage) mostly share a checkpoint, and the later ones
         # apply the rows the first one read. Ledger rows never change, so
         # they are what their own read would give, or a prefix of it.
+        failed: Exception | None = None
         while pending:
             shared: ReadAhead | None = None
             unfinished = []
             for projection in pending:
-                batch = await self._run_batch(
-                    projection, BATCH_EVENTS_MAX, replaying=False, reading=shared
-                )
+                try:
+                    batch = await self._run_batch(
+                        projection, BATCH_EVENTS_MAX, replaying=False, reading=shared
+                    )
+                except Exception as error:  # the others still catch up; raised after
+                    failed = failed or error
+                    continue
                 applied += batch.moved
                 shared = batch.read or shared
                 # A batch that ends at the head it read after applying is the
@@ -347,6 +352,8 @@ class ProjectionRunner:
                 if batch.moved and batch.behind > 0:
                     unfinished.append(projection)
             pending = unfinished
+        if failed is not None:
+            raise failed
         return applied
 
     async def run_forever(self, stop: asyncio.Event) -> None:

@@ -18,6 +18,7 @@ from ledger.app.usage import UsageInput
 from ledger.store.records import StoredEvent
 from projections import engine
 from projections.engine import ProjectionRunner
+from projections.late_usage import LateUsage
 from projections.usage_rollups import UsageRollups
 from services.bootstrap import App, open_pool, running_app
 from services.config import Settings
@@ -102,6 +103,32 @@ def test_a_batch_that_fails_leaves_neither_rows_nor_checkpoint(database_url: str
         assert await rolled_up(app) == before
         await app.runner.catch_up()
         assert await rolled_up(app) == (EVENTS, 2 * EVENTS)
+
+    run_app(database_url, body)
+
+
+def test_a_failing_projection_does_not_hold_the_others_back(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch by batch, a catch-up takes every projection to the head but the one
+    that fails, then raises its error: the runner retries it, alone, later."""
+
+    async def body(app: App) -> None:
+        await seed(app)
+        monkeypatch.setattr(engine, "BATCH_EVENTS_MAX", 50)  # many rounds of batches
+        failing = ProjectionRunner(
+            app.pool, {"usage_rollups": FailingRollups, "late_usage": LateUsage}
+        )
+        await failing.setup()
+        with pytest.raises(RuntimeError, match="crash"):
+            await failing.catch_up()
+        head = (await app.store.head()).seq
+        async with app.pool.connection() as conn:
+            cur = await conn.execute("SELECT name, seq FROM projection_checkpoints")
+            checkpoints = dict(await cur.fetchall())
+        assert checkpoints["late_usage"] == head  # caught up in spite of the failure
+        assert checkpoints["usage_rollups"] == 0
+        assert await rolled_up(app) == (0, 0)
 
     run_app(database_url, body)
 
