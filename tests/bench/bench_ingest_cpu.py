@@ -23,22 +23,19 @@ import asyncio
 import dataclasses
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
+from embedded import migrated_embedded_database
 from google.protobuf.timestamp_pb2 import Timestamp
 from results_file import write_result
 
 from ledger.app.catalog import MetricInput
 from ledger.app.context import RequestContext
-from ledger.store import migrate
 from services.api.accrual.v1 import usage_pb2
 from services.bootstrap import App, running_app
 from services.config import Settings
-from services.embedded_db import EmbeddedPostgres, free_port
 from services.logs import configure_logging
 from services.server import tune_garbage_collector
 from services.servicers.usage import UsageServicer
@@ -126,22 +123,16 @@ async def projector_cpu(app: App, from_seq: int) -> dict[str, float]:
 def main() -> int:
     configure_logging("json", level=30)  # the per-call log lines are not what is measured
     tune_garbage_collector()  # the collector settings `accrual serve` runs with
-    with tempfile.TemporaryDirectory() as folder:
-        embedded = EmbeddedPostgres(Path(folder) / "pg", free_port(), fsync=True)
-        url = embedded.start()
-        try:
-            migrate.upgrade(url)
-            settings = dataclasses.replace(Settings.from_env({}), run_projector=False)
+    with migrated_embedded_database() as url:
+        settings = dataclasses.replace(Settings.from_env({}), run_projector=False)
 
-            async def run() -> dict[str, int | float]:
-                async with running_app(settings, url) as app:
-                    await setup(app)
-                    before = (await app.store.head()).seq
-                    return {**await ingest_cpu(app), **await projector_cpu(app, before)}
+        async def run() -> dict[str, int | float]:
+            async with running_app(settings, url) as app:
+                await setup(app)
+                before = (await app.store.head()).seq
+                return {**await ingest_cpu(app), **await projector_cpu(app, before)}
 
-            figures = asyncio.run(run())
-        finally:
-            embedded.stop()
+        figures = asyncio.run(run())
     print(f"\nAccrual ingest CPU: {CALLS:,} calls of {EVENTS_PER_CALL:,} events, in process")
     for label, value in figures.items():
         shown = f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"

@@ -15,11 +15,10 @@ import os
 import random
 import resource
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
+from embedded import migrated_embedded_database
 from results_file import write_result
 
 from ledger.app.catalog import MetricInput, RateCardInput
@@ -30,12 +29,10 @@ from ledger.app.usage import usage_to_append
 from ledger.core.catalog import Product
 from ledger.core.events import UsageRecorded
 from ledger.core.rate_specs import RateSpec
-from ledger.store import migrate
 from ledger.store.records import NewEvent
 from ledger.store.verify import verify_ledger
 from services.bootstrap import PROJECTIONS, App, running_app
 from services.config import Settings
-from services.embedded_db import EmbeddedPostgres, free_port
 from services.server import tune_garbage_collector
 
 EVENTS = int(os.environ.get("ACCRUAL_BENCH_EVENTS", "1000000"))
@@ -145,20 +142,14 @@ async def verify_invoice(app: App) -> dict[str, float]:
 
 def main() -> int:
     tune_garbage_collector()  # the collector settings `accrual serve` runs with
-    with tempfile.TemporaryDirectory() as folder:
-        embedded = EmbeddedPostgres(Path(folder) / "pg", free_port(), fsync=True)
-        url = embedded.start()
-        try:
-            migrate.upgrade(url)
-            settings = dataclasses.replace(Settings.from_env({}), run_projector=False)
+    with migrated_embedded_database() as url:
+        settings = dataclasses.replace(Settings.from_env({}), run_projector=False)
 
-            async def run() -> dict[str, float]:
-                async with running_app(settings, url, clock=lambda: CLOCK) as app:
-                    return await measure(app)
+        async def run() -> dict[str, float]:
+            async with running_app(settings, url, clock=lambda: CLOCK) as app:
+                return await measure(app)
 
-            figures = asyncio.run(run())
-        finally:
-            embedded.stop()
+        figures = asyncio.run(run())
     print(f"\nAccrual benchmark: {EVENTS:,} usage events, {CUSTOMERS} customers")
     for label, value in figures.items():
         print(f"  {label:<44} {value:>12,.0f}")
