@@ -320,41 +320,53 @@ class ProjectionRunner:
         return head
 
     async def catch_up(self, names: set[str] | None = None) -> int:
-        """Apply batches until the live projections (or those named) reach the head."""
-        applied = 0
+        """Apply batches until the live projections (or those named) reach the head.
+
+        A projection whose batch fails is left behind while the others go on;
+        the first failure is raised once they are done (the runner retries)."""
         pending = [
             projection
             for projection in await self.live_projections()
             if names is None or projection.name in names
         ]
-        # Round by round, a batch of each: projections of every event (usage
-        # rollups, late usage) mostly share a checkpoint, and the later ones
-        # apply the rows the first one read. Ledger rows never change, so
-        # they are what their own read would give, or a prefix of it.
-        failed: Exception | None = None
+        applied, failures = 0, []
         while pending:
-            shared: ReadAhead | None = None
-            unfinished = []
-            for projection in pending:
-                try:
-                    batch = await self._run_batch(
-                        projection, BATCH_EVENTS_MAX, replaying=False, reading=shared
-                    )
-                except Exception as error:  # the others still catch up; raised after
-                    failed = failed or error
-                    continue
-                applied += batch.moved
-                shared = batch.read or shared
-                # A batch that ends at the head it read after applying is the
-                # projection's last: that read came after this call began, so
-                # nothing committed before it is left, and an empty batch to
-                # prove it would cost a transaction per projection per wake-up.
-                if batch.moved and batch.behind > 0:
-                    unfinished.append(projection)
-            pending = unfinished
-        if failed is not None:
-            raise failed
+            moved, pending, failed = await self._catch_up_round(pending)
+            applied += moved
+            failures += failed
+        if failures:
+            raise failures[0]
         return applied
+
+    async def _catch_up_round(
+        self, projections: list[Projection]
+    ) -> tuple[int, list[Projection], list[Exception]]:
+        """A batch of each projection: events moved over, the projections with
+        more to apply, and the failures.
+
+        Projections of every event (usage rollups, late usage) mostly share a
+        checkpoint, and the later ones apply the rows the first one read. Ledger
+        rows never change, so they are what their own read would give, or a
+        prefix of it."""
+        moved, unfinished, failed = 0, [], []
+        shared: ReadAhead | None = None
+        for projection in projections:
+            try:
+                batch = await self._run_batch(
+                    projection, BATCH_EVENTS_MAX, replaying=False, reading=shared
+                )
+            except Exception as error:
+                failed.append(error)
+                continue
+            moved += batch.moved
+            shared = batch.read or shared
+            # A batch that ends at the head it read after applying is the
+            # projection's last: that read came after this call began, so
+            # nothing committed before it is left, and an empty batch to prove
+            # it would cost a transaction per projection per wake-up.
+            if batch.moved and batch.behind > 0:
+                unfinished.append(projection)
+        return moved, unfinished, failed
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Hold leases and catch up on every append notification, or every poll interval.
