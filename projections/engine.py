@@ -257,7 +257,8 @@ class ProjectionRunner:
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 checkpoint = await _lock_checkpoint(conn, projection)
-                if projection.event_types is None:
+                event_types = projection.event_types  # None: every event
+                if event_types is None:
                     events = await _read_ahead_rows(reading, checkpoint)
                     if not events:
                         events = await _read_after(conn, checkpoint, limit)
@@ -266,14 +267,14 @@ class ProjectionRunner:
                     # seq is gapless and the head is read in the same snapshot as the rows.
                     through = min((await read_head(conn)).seq, checkpoint + limit)
                     events = await read_projected_types_at(
-                        conn, sorted(projection.event_types), through, checkpoint
+                        conn, sorted(event_types), through, checkpoint
                     )
                 if through == checkpoint:
                     return BatchRun(0, 0, 0)
-                every_event = projection.event_types is None
+                every_event = event_types is None
                 read = ReadAhead.done(checkpoint, events) if every_event else None
                 payload_bytes = sum(len(event.payload) for event in events)
-                if reader is not None and projection.event_types is None:
+                if reader is not None and every_event:
                     next_limit = rebuild_batch_events(len(events), payload_bytes)
                     ahead = await ReadAhead.start(reader, through, next_limit)
                 seqs = (checkpoint, through)
