@@ -60,6 +60,7 @@ if str(ROOT) not in sys.path:
 
 import grpc  # noqa: E402
 import psycopg  # noqa: E402
+from embedded import cpu_seconds_of, postgres_cpu_seconds  # noqa: E402
 from google.protobuf.timestamp_pb2 import Timestamp  # noqa: E402
 from results_file import RESULTS, write_result  # noqa: E402
 
@@ -152,26 +153,6 @@ def event_bytes(template: bytes, prefix: str, n: int) -> bytes:
     return template.replace(TX_PLACEHOLDER, tx).replace(
         CUSTOMER_PLACEHOLDER, customer_id(n).encode()
     )
-
-
-def cpu_seconds_of(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def postgres_cpu_seconds(postmaster: int) -> float:
-    """CPU of the postmaster and its children (backends, walwriter, checkpointer...)."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(entry.name) == postmaster or int(stat[1]) == postmaster:
-                total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-    return total
 
 
 def status_kb(pid: int, field: str) -> int:
