@@ -22,25 +22,18 @@ import grpc
 # How long no call may have begun or ended before the rest is refused: long
 # enough for a call gRPC handed on just before the stop to reach its handler.
 SETTLE_S: Final = 0.25
-_OURS: Final = "/accrual.v1."
 
 
-class CallsInFlight(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Counts the Accrual calls under way (not health or reflection): from the
-    handler's start until gRPC has ended the call, its reply sent or the client gone."""
+class CallsInFlight:
+    """Counts the Accrual calls under way (not health or reflection, which it does
+    not wrap): from the handler's start until gRPC has ended the call, its reply
+    sent or the client gone. A :class:`~services.handlers.HandlerWrapper`."""
 
     def __init__(self) -> None:
         self.running = 0
         self.changed_at = 0.0  # when a call last began or ended (monotonic seconds)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or not getattr(handler_call_details, "method", "").startswith(_OURS):
-            return handler
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=self._unary(handler.unary_unary))
         if handler.unary_stream is not None:

@@ -143,19 +143,12 @@ _UNDECODABLE_STATUS: Final = DomainError(
 )
 
 
-class DecodeRequests(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class DecodeRequests:
     """Undecodable requests reach the servicer as :data:`UNDECODABLE`, answered
-    INVALID_ARGUMENT, instead of gRPC's own UNKNOWN."""
+    INVALID_ARGUMENT, instead of gRPC's own UNKNOWN. A
+    :class:`~services.handlers.HandlerWrapper`."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = getattr(handler_call_details, "method", "")
-        if handler is None or not method.startswith("/accrual.v1."):
-            return handler
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         decode = handler.request_deserializer
         if decode is None:
             return handler

@@ -43,6 +43,7 @@ from services.bootstrap import App
 from services.config import TlsFiles
 from services.draining import CallsInFlight, stop_when_drained
 from services.errors import DecodeRequests
+from services.handlers import WrappedRegistration
 from services.health import HealthMonitor
 from services.request import trace_ids
 from services.servicers.alerts import AlertServicer
@@ -104,8 +105,9 @@ class Server:
 def create_server(app: App, address: str, interceptors: Sequence[object] = ()) -> Server:
     """A server with every service registered, bound to ``address`` (port 0: any).
 
-    Every Accrual call passes the :class:`Guard` (inside tracing, so refusals are
-    traced too); TLS, and mutual TLS, as the settings say.
+    Every Accrual call is counted for draining, decoded tolerantly and passes the
+    :class:`Guard`, wrapped once per method (inside ``interceptors``, tracing's,
+    so refusals are traced too); TLS, and mutual TLS, as the settings say.
     """
     if missing := undecided(_methods(SERVICE_NAMES)):
         raise RuntimeError(f"no access policy for {', '.join(missing)}: add it to PERMISSIONS")
@@ -113,25 +115,34 @@ def create_server(app: App, address: str, interceptors: Sequence[object] = ()) -
     guard = Guard(app.credentials, limiter, _denial_recorder(app))
     calls = CallsInFlight()
     server = grpc.aio.server(
-        interceptors=[calls, DecodeRequests(), *interceptors, guard],
+        interceptors=list(interceptors) or None,
         options=[
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
             ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
         ],
     )
-    usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(app.record_usage), server)
-    catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(app.catalog), server)
-    contracts_pb2_grpc.add_ContractServiceServicer_to_server(
-        ContractServicer(app.customers), server
+    accrual = WrappedRegistration(server, [calls, DecodeRequests(), guard])
+    accrual.register(
+        usage_pb2_grpc.add_UsageServiceServicer_to_server, UsageServicer(app.record_usage)
     )
-    invoices_pb2_grpc.add_InvoiceServiceServicer_to_server(InvoiceServicer(app.invoicing), server)
-    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(app.auditing), server)
-    alerts_pb2_grpc.add_AlertServiceServicer_to_server(AlertServicer(app.alerts), server)
-    balances_pb2_grpc.add_BalanceServiceServicer_to_server(
-        BalanceServicer(app.grants, app.balances, app.entitlements), server
+    accrual.register(
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server, CatalogServicer(app.catalog)
     )
-    reports_pb2_grpc.add_ReportingServiceServicer_to_server(
-        ReportingServicer(app.reporting, app.forecasting, app.statements, app.costs), server
+    accrual.register(
+        contracts_pb2_grpc.add_ContractServiceServicer_to_server, ContractServicer(app.customers)
+    )
+    accrual.register(
+        invoices_pb2_grpc.add_InvoiceServiceServicer_to_server, InvoiceServicer(app.invoicing)
+    )
+    accrual.register(audit_pb2_grpc.add_AuditServiceServicer_to_server, AuditServicer(app.auditing))
+    accrual.register(alerts_pb2_grpc.add_AlertServiceServicer_to_server, AlertServicer(app.alerts))
+    accrual.register(
+        balances_pb2_grpc.add_BalanceServiceServicer_to_server,
+        BalanceServicer(app.grants, app.balances, app.entitlements),
+    )
+    accrual.register(
+        reports_pb2_grpc.add_ReportingServiceServicer_to_server,
+        ReportingServicer(app.reporting, app.forecasting, app.statements, app.costs),
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -10,7 +10,7 @@ on every event the call writes.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any, Final, Protocol
 
 import grpc
@@ -23,7 +23,6 @@ from services.auth.limits import RateLimiter
 from services.auth.policy import allows
 from services.auth.principals import Principal
 
-ACCRUAL_METHODS: Final = "/accrual.v1."
 _ERROR_DOMAIN: Final = "accrual.dev"
 
 _caller: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
@@ -47,8 +46,9 @@ class DenialLog(Protocol):
     async def __call__(self, principal: Principal, method: str, reason: str) -> None: ...
 
 
-class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps each Accrual handler so it runs only for an admitted principal."""
+class Guard:
+    """Wraps each Accrual handler so it runs only for an admitted principal (a
+    :class:`~services.handlers.HandlerWrapper`)."""
 
     def __init__(
         self, credentials: Credentials, limiter: RateLimiter, record_denial: DenialLog
@@ -57,15 +57,7 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._limiter = limiter
         self._record_denial = record_denial
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = getattr(handler_call_details, "method", "")
-        if handler is None or not method.startswith(ACCRUAL_METHODS):
-            return handler
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=self._unary(method, handler.unary_unary))
         if handler.unary_stream is not None:

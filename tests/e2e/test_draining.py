@@ -21,28 +21,17 @@ GRACE_S = 30.0  # far longer than any of these stops may take
 SLOW_S = 1.0
 
 
-class SlowCreateCustomer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Holds each CreateCustomer handler for SLOW_S before it runs."""
+class SlowCreateCustomer:
+    """Holds each customer's creation for SLOW_S, inside the handler (so counted)."""
 
-    def __init__(self) -> None:
+    def __init__(self, customers: Any) -> None:
         self.entered = asyncio.Event()
+        self._create = customers.create_customer
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if not details.method.endswith("/CreateCustomer"):
-            return handler
-        behavior = handler.unary_unary
-
-        async def slow(request: object, context: grpc.aio.ServicerContext) -> Any:
-            self.entered.set()
-            await asyncio.sleep(SLOW_S)
-            return await behavior(request, context)
-
-        return handler._replace(unary_unary=slow)
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        await asyncio.sleep(SLOW_S)
+        return await self._create(*args, **kwargs)
 
 
 Body = Callable[[Server, grpc.aio.Channel, str, SlowCreateCustomer], Awaitable[None]]
@@ -53,9 +42,10 @@ def serve_and_stop(database_url: str, body: Body) -> None:
     token = issue(database_url, "drain-admin", "admin")
 
     async def main() -> None:
-        slow = SlowCreateCustomer()
         async with running_app(default_settings(), database_url) as app:
-            server = create_server(app, "127.0.0.1:0", [slow])
+            slow = SlowCreateCustomer(app.customers)
+            app.customers.create_customer = slow  # type: ignore[method-assign]
+            server = create_server(app, "127.0.0.1:0")
             await server.start()
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
                 await body(server, channel, token, slow)

