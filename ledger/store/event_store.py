@@ -63,6 +63,11 @@ _STREAM_BETWEEN: Final = (
     f"SELECT {_COLUMNS} FROM events WHERE stream_id = %s"  # noqa: S608
     " AND occurred_at >= %s AND occurred_at < %s AND seq > %s AND seq <= %s ORDER BY seq"
 )
+# The same events' payloads, for a replay to fold, in no set order (see
+# iter_payloads_between).
+_PAYLOADS_BETWEEN: Final = _STREAM_BETWEEN.replace(
+    _COLUMNS, "seq, schema_version, payload", 1
+).removesuffix(" ORDER BY seq")
 
 # The same, found by stream position: within a stream, versions grow with seq, so
 # the events in seq (lo, hi] are the versions after the stream's last version at
@@ -492,10 +497,14 @@ async def iter_payloads_between(
     batch: int = 5_000,
 ) -> AsyncIterator[list[tuple[int, int, bytes]]]:
     """``(seq, schema_version, payload)`` of the events :func:`iter_stream_between`
-    would give: what a replay folds, without the columns it does not read."""
-    query = _STREAM_BETWEEN.replace(_COLUMNS, "seq, schema_version, payload", 1)
+    would give: what a replay folds, without the columns it does not read.
+
+    Not in ledger order, but as PostgreSQL finds them: a fold does not depend on
+    the order of its events (a property test holds it), and ordering by seq had
+    PostgreSQL sort a whole period before it sent the first row, while the fold
+    waited (a sixth of a VerifyInvoice of 100,000 events)."""
     async with conn.cursor(name="accrual_payloads_between", binary=True) as cur:
-        await cur.execute(query, (stream_id, *occurred, *seqs))
+        await cur.execute(_PAYLOADS_BETWEEN, (stream_id, *occurred, *seqs))
         async with contextlib.aclosing(_pages_ahead(cur, batch)) as pages:
             async for rows in pages:
                 yield [(int(seq), int(version), bytes(payload)) for seq, version, payload in rows]

@@ -627,8 +627,9 @@ def test_streams_touched_after_name_each_stream_of_the_next_events_once(
 def test_paged_stream_reads_give_every_event_once_in_order_and_stop_cleanly(
     database_url: str,
 ) -> None:
-    """Each page is requested before the last is handed out: none is lost, doubled
-    or reordered, and a reader that stops early leaves the connection usable."""
+    """Each page is requested before the last is handed out: none is lost or doubled
+    (nor reordered, where ledger order is asked for), and a reader that stops early
+    leaves the connection usable."""
 
     async def body(store: PostgresEventStore) -> None:
         appended = [usage_recorded(f"c{i % 2}", f"t{i}", minute=i) for i in range(23)]
@@ -640,7 +641,8 @@ def test_paged_stream_reads_give_every_event_once_in_order_and_stop_cleanly(
                 async for page in iter_payloads_between(conn, "usage-c0", span, (0, 23), batch=4)
             ]
             assert [len(page) for page in pages] == [4, 4, 4]
-            assert [seq for page in pages for seq in page] == list(range(1, 24, 2))
+            # A replay's payloads come in no set order: each exactly once.
+            assert sorted(seq for page in pages for seq in page) == list(range(1, 24, 2))
             events = iter_stream_between(conn, "usage-c1", span, (0, 23), batch=3)
             first = await anext(events)
             assert seqs(first) == [2, 4, 6]
