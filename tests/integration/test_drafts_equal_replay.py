@@ -211,3 +211,40 @@ def test_late_usage_adjustments_equal_replays_at_every_stage(database_url: str) 
         assert after.quantity == Decimal(3500)
 
     run(database_url, body)
+
+
+def test_a_latest_reading_merged_over_several_batches_is_the_latest(database_url: str) -> None:
+    """Each event in its own batch, so every one after the first is merged into the
+    hour's rollup row on conflict: the later reading wins by timestamp, then seq."""
+    hour = NOW - timedelta(hours=5)
+    readings = [  # (minutes into the hour, level), in the order they are recorded
+        (30, "5"),
+        (10, "9"),  # an earlier reading, recorded later: not the latest
+        (30, "6"),  # the same instant as the first, later in the ledger: the latest
+        (20, "3"),
+    ]
+
+    async def body(app: App) -> None:
+        await app.catalog.create_metric(
+            MetricInput("level", "Level", "gauge", "LATEST", "level"), CTX
+        )
+        await app.customers.create_customer("acme", "Acme", CTX)
+        projection = app.runner.projection("usage_rollups", 1)
+        await app.runner.catch_up()
+        seqs = []
+        for n, (minutes, level) in enumerate(readings):
+            at = hour + timedelta(minutes=minutes)
+            event = UsageInput(f"g{n}", "acme", "gauge", at, {"level": level})
+            (result,) = await app.record_usage([event], CTX)
+            assert result.status is UsageStatus.ACCEPTED
+            seqs.append((await app.store.head()).seq)
+            await app.runner.run_batch(projection, limit=100)
+        async with app.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT event_count, latest_at, latest_seq, latest_value"
+                f" FROM {projection.rollups} WHERE metric_id = 'level'"
+            )
+            rows = await cur.fetchall()
+        assert rows == [(4, hour + timedelta(minutes=30), seqs[2], Decimal(6))]
+
+    run(database_url, body)
