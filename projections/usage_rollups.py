@@ -38,8 +38,12 @@ BUCKET: Final = timedelta(hours=1)
 BACKFILL_BATCH: Final = 5_000
 # Usage events folded, or rows pending, before the rows are sent (see
 # UsageRollups.apply): an event makes a row for each metric that selects it.
-FLUSH_EVENTS: Final = 25_000
-FLUSH_ROWS: Final = 25_000
+# A quarter of a full rebuild batch (50,000 events), so that PostgreSQL upserts
+# each part while the next is folded, and only the last part's upserts are
+# waited for alone. A rebuild of 300,000 events took 112,000-117,000 events/s
+# with 12,500, against 90,000-101,000 with 25,000 (and 110,000 with 8,334).
+FLUSH_EVENTS: Final = 12_500
+FLUSH_ROWS: Final = 12_500
 
 Span = tuple[datetime, datetime]
 # (customer_id, metric_id, group key JSON, bucket start)
