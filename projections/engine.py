@@ -546,8 +546,8 @@ async def _autocommit_connection(pool: Pool) -> AsyncIterator[AsyncConnection[Tu
 LINKS_MAX: Final = 32
 LINKS_SCANNED_MAX: Final = 4 * LINKS_MAX
 # Events looked at for links: the batch's first calls. A rebuild's batches hold up
-# to 25,000 events, often from a few big calls; scanning all of them for metadata
-# was 7% of a usage-rollup rebuild.
+# to 50,000 events (REBUILD_BATCH_EVENTS), often from a few big calls; scanning
+# all of them for metadata was 7% of a usage-rollup rebuild.
 LINK_EVENTS_SCANNED_MAX: Final = 512
 _tracer = trace.get_tracer("accrual.projections")
 

@@ -419,7 +419,8 @@ class UsageRollups:
 
 # Of a conflicting rollup row's latest value and the incoming one, the later by
 # timestamp then ledger seq (a missing one is never later). A CASE per column,
-# not a subquery that sorted the two for every updated row.
+# not a subquery that sorted the two for every updated row. It relies on the
+# three latest_* columns being set or missing together, as _rollup_row writes them.
 _LATER: Final = (
     "CASE WHEN excluded.latest_at IS NOT NULL AND (r.latest_at IS NULL"
     " OR (excluded.latest_at, excluded.latest_seq) > (r.latest_at, r.latest_seq))"
