@@ -45,7 +45,14 @@ from ledger.core.events import (
     usage_from_bytes,
 )
 from ledger.core.invoice import Invoice, InvoiceLine
-from ledger.core.metering import Sequenced, Tally, UsageKey, fold_usage, merge_tallies
+from ledger.core.metering import (
+    Sequenced,
+    Tally,
+    UsageFold,
+    UsageKey,
+    fold_usage,
+    merge_tallies,
+)
 from ledger.core.periods import Period
 from ledger.core.rating import Catalog, Segment, pricing_segments, rate_invoice
 from ledger.core.settlement import (
@@ -247,21 +254,15 @@ async def fold_period(
     """Tallies of the plan's period (up to ``until``, if given) from raw usage
     events with seq in ``(lo, hi]``."""
     stream = usage_stream(plan.customer.customer_id)
-    metrics = list(plan.catalog.metrics.values())
-    tallies: dict[UsageKey, Tally] = {}
+    fold = UsageFold(plan.catalog.metrics.values(), plan.segment_starts, plan.period.end)
     end = plan.period.end if until is None else min(until, plan.period.end)
     period = (plan.period.start, end)
     async for batch in iter_payloads_between(conn, stream, period, seqs):
-        usage = (_usage_at(seq, version, payload) for seq, version, payload in batch)
-        folded = fold_usage(usage, metrics, plan.segment_starts, plan.period.end)
-        tallies = merge_tallies(tallies, folded)
-    return tallies
-
-
-def _usage_at(seq: int, schema_version: int, payload: bytes) -> Sequenced:
-    event = usage_from_bytes(schema_version, payload)
-    assert isinstance(event, UsageRecorded)
-    return Sequenced(seq, event)
+        for seq, schema_version, payload in batch:
+            event = usage_from_bytes(schema_version, payload)
+            assert isinstance(event, UsageRecorded)
+            fold.add(seq, event)
+    return fold.tallies()
 
 
 def sequenced(rows: Iterable[StoredEvent]) -> Iterator[Sequenced]:

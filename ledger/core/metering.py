@@ -177,6 +177,48 @@ def segment_start_for(segment_starts: Sequence[datetime], instant: datetime) -> 
     return found
 
 
+class UsageFold:
+    """Usage events of one customer folded one at a time into tallies per segment,
+    metric and group: what :func:`fold_usage` gives for all of them at once.
+
+    A replay adds the events of every page it reads to one fold, rather than fold
+    each page apart and merge the tallies."""
+
+    __slots__ = ("_metrics", "_period_end", "_running", "_segment_starts")
+
+    def __init__(
+        self,
+        metrics: Iterable[BillableMetric],
+        segment_starts: Sequence[datetime],
+        period_end: datetime,
+    ) -> None:
+        self._metrics = list(metrics)
+        self._segment_starts = segment_starts
+        self._period_end = period_end
+        self._running: dict[UsageKey, Running] = {}
+
+    def add(self, seq: int, usage: UsageRecorded) -> None:
+        """Fold one event at ledger position ``seq`` (0 for an event not from the ledger)."""
+        occurred = usage.occurred_at
+        if occurred >= self._period_end:
+            return
+        start = segment_start_for(self._segment_starts, occurred)
+        if start is None:
+            return
+        running = self._running
+        for metric in self._metrics:
+            if not matches(metric, usage):
+                continue
+            key = (start, metric.metric_id, group_of(metric, usage.properties))
+            run = running.get(key)  # one lookup of the key, not three
+            if run is None:
+                run = running[key] = Running()
+            run.add(metric, usage, seq)
+
+    def tallies(self) -> dict[UsageKey, Tally]:
+        return {key: run.tally() for key, run in self._running.items()}
+
+
 def fold_usage(
     events: Iterable[UsageRecorded | Sequenced],
     metrics: Iterable[BillableMetric],
@@ -188,23 +230,13 @@ def fold_usage(
     Events read from the ledger come :class:`Sequenced`, so LATEST can break
     timestamp ties by ledger order; bare events count as position 0.
     """
-    metric_list = list(metrics)
-    running: dict[UsageKey, Running] = {}
+    fold = UsageFold(metrics, segment_starts, period_end)
     for item in events:
-        seq, usage = (item.seq, item.event) if isinstance(item, Sequenced) else (0, item)
-        if usage.occurred_at >= period_end:
-            continue
-        start = segment_start_for(segment_starts, usage.occurred_at)
-        if start is None:
-            continue
-        for metric in metric_list:
-            if not matches(metric, usage):
-                continue
-            key = (start, metric.metric_id, group_of(metric, usage.properties))
-            if key not in running:
-                running[key] = Running()
-            running[key].add(metric, usage, seq)
-    return {key: tally.tally() for key, tally in running.items()}
+        if isinstance(item, Sequenced):
+            fold.add(item.seq, item.event)
+        else:
+            fold.add(0, item)
+    return fold.tallies()
 
 
 def merge_tallies(*parts: Mapping[UsageKey, Tally]) -> dict[UsageKey, Tally]:
