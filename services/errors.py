@@ -10,7 +10,7 @@ no SQL, stack trace or other customer's data ever reaches a caller.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
 import grpc
@@ -42,13 +42,40 @@ Request = TypeVar("Request")
 Response = TypeVar("Response")
 
 
-MESSAGE_CHARS_MAX: Final = 500
+# Errors echo request values, and a client refuses a reply whose headers pass
+# 8 KiB (gRPC's default soft limit, past which it drops replies at random). The
+# message travels twice: percent-encoded in grpc-message (up to three bytes a
+# byte) and inside the serialized status, base64-encoded (four bytes for three)
+# in grpc-status-details-bin. So the limits are in UTF-8 bytes, not characters:
+# 500 characters of emoji once made 8,326 bytes of headers.
+MESSAGE_BYTES_MAX: Final = 900  # at most 2,700 bytes in grpc-message
+VIOLATION_TEXT_BYTES_MAX: Final = 200  # a violation's field, and its description
+VIOLATIONS_BYTES_MAX: Final = 2_000  # at most 4,000 bytes of status in base64
 VIOLATIONS_MAX: Final = 50
 
 
-def _cut(text: str) -> str:
-    """Errors echo request values; keep them inside gRPC's metadata limits."""
-    return text if len(text) <= MESSAGE_CHARS_MAX else text[:MESSAGE_CHARS_MAX] + "…"
+def _cut(text: str, limit: int = MESSAGE_BYTES_MAX) -> str:
+    """``text`` in at most ``limit`` bytes of UTF-8, marked "…" where it was cut."""
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - len("…".encode())].decode("utf-8", "ignore") + "…"
+
+
+def _bad_request(violations: Sequence[FieldViolation]) -> error_details_pb2.BadRequest:
+    """The first violations, as many as fit the status's budget."""
+    bad_request = error_details_pb2.BadRequest()
+    budget = VIOLATIONS_BYTES_MAX
+    for v in violations[:VIOLATIONS_MAX]:
+        item = error_details_pb2.BadRequest.FieldViolation(
+            field=_cut(v.field, VIOLATION_TEXT_BYTES_MAX),
+            description=_cut(v.description, VIOLATION_TEXT_BYTES_MAX),
+        )
+        budget -= item.ByteSize() + 3  # its tag and length in the list
+        if budget < 0:
+            break
+        bad_request.field_violations.append(item)
+    return bad_request
 
 
 def status_for(error: DomainError) -> status_pb2.Status:
@@ -58,16 +85,7 @@ def status_for(error: DomainError) -> status_pb2.Status:
         error_details_pb2.ErrorInfo(reason=error.rule.code.upper(), domain=ERROR_DOMAIN),
     ]
     if error.violations:
-        details.append(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=_cut(v.field), description=_cut(v.description)
-                    )
-                    for v in error.violations[:VIOLATIONS_MAX]
-                ]
-            )
-        )
+        details.append(_bad_request(error.violations))
     if error.rule.kind in (Kind.CONFLICT, Kind.EXHAUSTED, Kind.UNAVAILABLE):
         details.append(
             error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=50_000_000))
