@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 
 from embedded import migrated_embedded_database, postgres_cpu_seconds, postmaster_of
 from google.protobuf.timestamp_pb2 import Timestamp
-from results_file import write_result
+from results_file import print_figures, write_result
 
 from ledger.app.catalog import MetricInput
 from ledger.app.context import RequestContext
@@ -156,10 +156,9 @@ def main() -> int:
                 return {**ingest, **await projector_cpu(app, before, postmaster)}
 
         figures = asyncio.run(run())
-    print(f"\nAccrual ingest CPU: {CALLS:,} calls of {EVENTS_PER_CALL:,} events, in process")
-    for label, value in figures.items():
-        shown = f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"
-        print(f"  {label:<52} {shown:>12}")
+    print_figures(
+        f"Accrual ingest CPU: {CALLS:,} calls of {EVENTS_PER_CALL:,} events, in process", figures
+    )
     write_result("ingest-cpu", {"calls": CALLS, "figures": figures})
     return 0
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import grpc
 import psycopg
 from bench_ingest import Sampler, accrual_serve, free_port, pg_version, status_kb, wait_port
-from results_file import write_result
+from results_file import print_figures, write_result
 
 from ledger.app.catalog import MetricInput, RateCardInput
 from ledger.app.context import RequestContext
@@ -224,10 +224,9 @@ def main() -> int:
     big_p99 = figures[f"GetInvoice big ({BIG_EVENTS:,} events) p99, ms"]
     assert isinstance(small_p99, float) and isinstance(big_p99, float)
     figures["p99 big / p99 small (target <= 2)"] = big_p99 / small_p99
-    print(f"\nGetInvoice benchmark: draft of {SMALL_EVENTS:,} and of {BIG_EVENTS:,} events")
-    for label, value in figures.items():
-        shown = f"{value:>12,.2f}" if isinstance(value, float) else f"{value!s:>12}"
-        print(f"  {label:<52} {shown}")
+    print_figures(
+        f"GetInvoice benchmark: draft of {SMALL_EVENTS:,} and of {BIG_EVENTS:,} events", figures
+    )
     write_result("invoice", {"calls": CALLS, "figures": figures})
     return 0
 

@@ -6,11 +6,26 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def print_figures(title: str, figures: Mapping[str, object]) -> None:
+    """A benchmark's figures as one table under ``title``: whole numbers with
+    thousands separators, others to two places, text as it is."""
+    print(f"\n{title}")
+    for label, value in figures.items():
+        if isinstance(value, int):
+            shown = f"{value:,}"
+        elif isinstance(value, float):
+            shown = f"{value:,.2f}"
+        else:
+            shown = str(value)
+        print(f"  {label:<52} {shown:>12}")
 
 
 def write_result(kind: str, details: dict[str, object], stamp: str = "") -> Path:
