@@ -12,6 +12,7 @@ import grpc
 import structlog
 from opentelemetry import metrics, trace
 
+from services.logs import bind_call_fields, unbind_call_fields
 from services.request import request_context
 
 _log = structlog.get_logger("accrual.rpc")
@@ -35,8 +36,8 @@ def observed_call(context: grpc.aio.ServicerContext, method: str) -> Iterator[Ca
     """Bind method, request id and principal to every log line of the call, then log
     the outcome and record its latency and status code."""
     ctx = request_context(context)
-    structlog.contextvars.bind_contextvars(
-        method=method, request_id=ctx.request_id, principal=ctx.actor
+    bound = bind_call_fields(
+        {"method": method, "request_id": ctx.request_id, "principal": ctx.actor}
     )
     call = Call(method)
     started = time.perf_counter()
@@ -52,7 +53,7 @@ def observed_call(context: grpc.aio.ServicerContext, method: str) -> Iterator[Ca
         _duration.record(elapsed_ms, labels)
         _calls.add(1, labels)
         _log.info("rpc", code=call.code, duration_ms=round(elapsed_ms, 3))
-        structlog.contextvars.clear_contextvars()
+        unbind_call_fields(bound)
 
 
 _ingest_events = _meter.create_counter(
