@@ -252,7 +252,7 @@ def test_tailing_reader_sees_every_seq_once_in_order_while_an_append_is_held_ope
 
         async with store._pool.connection() as slow, slow.transaction():
             held = await store._append_locked(
-                slow, [usage_recorded("slow", f"s{i}") for i in range(slow_batch)]
+                slow, [usage_recorded("slow", f"s{i}") for i in range(slow_batch)], commit=False
             )
             assert held == [Appended(4, 1), Appended(5, 2)]
             appends = [
