@@ -7,6 +7,10 @@ transaction, and answers each caller only once that commit is durable. The
 queue of waiting requests is bounded (the group being committed is not
 counted): when it is full a caller is refused at once with a retryable error
 (RESOURCE_EXHAUSTED with retry info) instead of waiting without limit.
+
+A request may carry conditions (:class:`NoneAfter`): the group is appended
+under all of its requests' conditions, and if one fails, the requests with
+conditions hear it and the others are appended in a group of their own.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Final
 
 from ledger.core.errors import DomainError, Rule
 from ledger.store.event_store import PostgresEventStore
-from ledger.store.records import AppendOutcome, NewEvent
+from ledger.store.records import AppendOutcome, ConditionFailedError, NewEvent, NoneAfter
 
 BATCH_EVENTS_MAX: Final = 5_000
 BATCH_WAIT_S: Final = 0.002
@@ -28,6 +32,7 @@ QUEUE_EVENTS_MAX: Final = 50_000
 @dataclass
 class _Request:
     events: Sequence[NewEvent]
+    conditions: Sequence[NoneAfter]
     answer: asyncio.Future[list[AppendOutcome]] = field(repr=False)
 
 
@@ -52,15 +57,18 @@ class GroupCommitter:
         self._closed = False
         self.transactions = 0
 
-    async def append(self, events: Sequence[NewEvent]) -> list[AppendOutcome]:
-        """Append ``events`` (in order, atomically) as part of the next group."""
+    async def append(
+        self, events: Sequence[NewEvent], conditions: Sequence[NoneAfter] = ()
+    ) -> list[AppendOutcome]:
+        """Append ``events`` (in order, atomically) as part of the next group, if
+        ``conditions`` hold (else :class:`ConditionFailedError`)."""
         if not events:
             return []
         if self._closed:
             raise DomainError(Rule.SHUTTING_DOWN, "the service is shutting down; retry elsewhere")
         if self._queued_events + len(events) > self._queue_events_max:
             raise DomainError(Rule.INGEST_QUEUE_FULL, "too many appends are waiting; retry shortly")
-        request = _Request(events, asyncio.get_running_loop().create_future())
+        request = _Request(events, conditions, asyncio.get_running_loop().create_future())
         self._waiting.append(request)
         self._queued_events += len(events)
         self._wake.set()
@@ -97,7 +105,15 @@ class GroupCommitter:
     async def _commit(self, group: list[_Request]) -> None:
         events = [event for request in group for event in request.events]
         try:
-            outcomes = await self._store.append(events)
+            outcomes = await self._store.append(events, _merged(group))
+        except ConditionFailedError as error:
+            unconditional = [request for request in group if not request.conditions]
+            for request in group:
+                if request.conditions and not request.answer.done():
+                    request.answer.set_exception(error)
+            if unconditional:
+                await self._commit(unconditional)
+            return
         except Exception as error:  # the group failed together; each caller hears why
             for request in group:
                 if not request.answer.done():
@@ -110,3 +126,14 @@ class GroupCommitter:
             if not request.answer.done():
                 request.answer.set_result(outcomes[position : position + size])
             position += size
+
+
+def _merged(group: list[_Request]) -> list[NoneAfter]:
+    """The group's conditions, one per set of event types: the earliest seq of
+    each, which holds only if every request's does."""
+    earliest: dict[tuple[str, ...], int] = {}
+    for request in group:
+        for condition in request.conditions:
+            known = earliest.get(condition.event_types, condition.seq)
+            earliest[condition.event_types] = min(known, condition.seq)
+    return [NoneAfter(types, seq) for types, seq in earliest.items()]

@@ -158,3 +158,21 @@ class KeyReused:
 
 
 AppendOutcome = Appended | Duplicate | KeyReused
+
+
+@dataclass(frozen=True)
+class NoneAfter:
+    """A condition on an append: the ledger holds no event of ``event_types`` after
+    ``seq``. A caller that decided what to write from what it had read through
+    ``seq`` (the billable metrics, say) writes only if that is still all there is."""
+
+    event_types: tuple[str, ...]
+    seq: int
+
+
+class ConditionFailedError(Exception):
+    """An append's :class:`NoneAfter` no longer held; nothing was written."""
+
+    def __init__(self, condition: NoneAfter) -> None:
+        super().__init__(f"events of {', '.join(condition.event_types)} after seq {condition.seq}")
+        self.condition = condition

@@ -32,7 +32,15 @@ from ledger.store.event_store import (
     read_projected_types_at,
     read_types_at,
 )
-from ledger.store.records import Appended, Duplicate, KeyReused, NewEvent, StoredEvent
+from ledger.store.records import (
+    Appended,
+    ConditionFailedError,
+    Duplicate,
+    KeyReused,
+    NewEvent,
+    NoneAfter,
+    StoredEvent,
+)
 from ledger.store.verify import recompute_hash, verify_ledger
 from tests.contract.support import (
     BASE_TIME,
@@ -217,6 +225,35 @@ def test_concurrent_appends_of_one_request_write_it_once(database_url: str) -> N
             [Duplicate(1)],
         ]
         assert seqs(await store.read_all(0, 100)) == [1]
+
+    run_with_store(database_url, body)
+
+
+def test_an_append_on_a_condition_writes_only_while_it_holds(database_url: str) -> None:
+    """The condition is checked behind the ledger's lock: an event that commits
+    while the append waits for the lock is seen, and the append writes nothing."""
+
+    async def body(store: PostgresEventStore) -> None:
+        await store.append([customer_created("a")])
+        no_new_customer = NoneAfter(("CustomerCreated",), 1)
+        written = await store.append([usage_recorded("a", "t1")], [no_new_customer])
+        assert written == [Appended(2, 1)]
+
+        async with head_row_locked(database_url):
+            new_customer = asyncio.create_task(store.append([customer_created("b")]))
+            await wait_for_lock_waiters(database_url, 1)
+            usage = asyncio.create_task(
+                store.append([usage_recorded("a", "t2")], [no_new_customer])
+            )
+            await wait_for_lock_waiters(database_url, 2)
+        assert await new_customer == [Appended(3, 1)]
+        with pytest.raises(ConditionFailedError) as failed:
+            await usage
+        assert failed.value.condition == no_new_customer
+        assert seqs(await store.read_all(0, 100)) == [1, 2, 3]
+        # Usage is not among the event types the condition names.
+        later = NoneAfter(("CustomerCreated",), 3)
+        assert await store.append([usage_recorded("a", "t2")], [later]) == [Appended(4, 2)]
 
     run_with_store(database_url, body)
 

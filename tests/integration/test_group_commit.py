@@ -14,7 +14,7 @@ from ledger.core.errors import DomainError, Rule
 from ledger.core.events import CustomerCreated
 from ledger.store.event_store import PostgresEventStore
 from ledger.store.group_commit import GroupCommitter
-from ledger.store.records import Appended, Duplicate, NewEvent
+from ledger.store.records import Appended, ConditionFailedError, Duplicate, NewEvent, NoneAfter
 from services.bootstrap import App
 from tests.integration.test_projection_ops import run_app
 
@@ -97,5 +97,35 @@ def test_a_full_queue_refuses_at_once_and_queued_appends_still_commit(database_u
         with pytest.raises(DomainError) as closed:
             await committer.append([customer(10)])
         assert closed.value.rule is Rule.SHUTTING_DOWN
+
+    run_app(database_url, body)
+
+
+def test_a_failed_condition_fails_only_the_requests_that_set_one(database_url: str) -> None:
+    """The group is appended under its requests' conditions; when one fails, those
+    requests hear it and the unconditional ones are still written."""
+
+    async def body(app: App) -> None:
+        store = PostgresEventStore(app.pool, lambda: NOW)
+        committer = GroupCommitter(store, batch_wait_s=0.05)
+        writer = asyncio.create_task(committer.run())
+        await committer.append([customer(1)])  # a CustomerCreated after seq 0
+        stale = NoneAfter(("CustomerCreated",), 0)
+        current = NoneAfter(("CustomerCreated",), 10**9)
+        outcomes = await asyncio.gather(
+            committer.append([customer(2)], [stale]),
+            committer.append([customer(3)], [current]),
+            committer.append([customer(4)]),
+            return_exceptions=True,
+        )
+        await committer.close()
+        await writer
+        assert isinstance(outcomes[0], ConditionFailedError)
+        # It shared the stale request's group, whose conditions merged to the earliest.
+        assert isinstance(outcomes[1], ConditionFailedError)
+        assert isinstance(outcomes[2], list) and isinstance(outcomes[2][0], Appended)
+        async with app.pool.connection() as conn:
+            cur = await conn.execute("SELECT stream_id FROM events ORDER BY seq")
+            assert [row[0] for row in await cur.fetchall()] == ["customer-g1", "customer-g4"]
 
     run_app(database_url, body)
