@@ -9,7 +9,7 @@ from enum import StrEnum
 from json.encoder import encode_basestring
 from typing import Final, NamedTuple
 
-from ledger.app.catalog import MetricRegistry
+from ledger.app.catalog import KnownMetrics, MetricRegistry
 from ledger.app.context import RequestContext
 from ledger.app.streams import customer_stream, usage_stream
 from ledger.core.canonical import format_instant, sha256_hex
@@ -24,14 +24,18 @@ from ledger.store.records import (
     ANY_VERSION,
     Appended,
     AppendOutcome,
+    ConditionFailedError,
     Duplicate,
     KeyReused,
     NewEvent,
+    NoneAfter,
 )
 
 BATCH_EVENTS_MAX: Final = 1_000
 KNOWN_CUSTOMERS_MAX: Final = 100_000  # remembered customer streams, least recent dropped
-Appender = Callable[[Sequence[NewEvent]], Awaitable[list[AppendOutcome]]]
+# Screenings of one call, each after a metric was created while the last was written.
+SCREENINGS_MAX: Final = 3
+Appender = Callable[[Sequence[NewEvent], Sequence[NoneAfter]], Awaitable[list[AppendOutcome]]]
 
 
 class UsageStatus(StrEnum):
@@ -100,7 +104,22 @@ class RecordUsage:
                 f"{len(items)} events in one call; the limit is {BATCH_EVENTS_MAX}",
                 (FieldViolation("events", f"at most {BATCH_EVENTS_MAX} events per call"),),
             )
-        rejections = await self._rejections(items)
+        metrics = await self._metrics.known()
+        for _ in range(SCREENINGS_MAX):
+            try:
+                return await self._screened_and_written(items, ctx, metrics)
+            except ConditionFailedError:
+                metrics = await self._metrics.refresh(metrics)
+        raise DomainError(
+            Rule.METRICS_CHANGING, "billable metrics kept changing during the call; retry"
+        )
+
+    async def _screened_and_written(
+        self, items: Sequence[UsageInput], ctx: RequestContext, metrics: KnownMetrics
+    ) -> list[UsageResult]:
+        """Each event screened with ``metrics``, and the good ones appended on the
+        condition that those are still all the metrics there are."""
+        rejections = await self._rejections(items, metrics)
         # A retry is answered from the ledger, whatever the rules say now: the late
         # window or a new metric may refuse now what was accepted then. So an event
         # the rules refuse is looked up; the append itself answers retries of the
@@ -109,7 +128,8 @@ class RecordUsage:
         earlier = dict(zip(map(id, refused), await self._earlier_results(refused), strict=True))
         writable = [i for i, reason in zip(items, rejections, strict=True) if reason is None]
         metadata = ctx.metadata()  # one mapping per call: its bytes are encoded once
-        outcomes = iter(await self._append([self._new_event(i, metadata) for i in writable]))
+        news = [self._new_event(i, metadata) for i in writable]
+        outcomes = iter(await self._append(news, (metrics.unchanged(),)) if news else ())
         results = []
         for item, reason in zip(items, rejections, strict=True):
             if reason is None:
@@ -140,13 +160,15 @@ class RecordUsage:
             results.append(_result(item, Duplicate(seq) if same else KeyReused(seq)))
         return results
 
-    async def _rejections(self, items: Sequence[UsageInput]) -> list[str | None]:
+    async def _rejections(
+        self, items: Sequence[UsageInput], metrics: KnownMetrics
+    ) -> list[str | None]:
         screen = UsageScreen(self._policy, self._clock())
         # Only well-formed customer ids reach the lookup; each is looked up once.
         customer_ids = {c for c in {i.customer_id for i in items} if ID_PATTERN.fullmatch(c)}
         streams = {customer_stream(c): c for c in customer_ids}
         known = {streams[stream] for stream in await self._known(set(streams))}
-        numeric = _numeric_properties((await self._metrics.current()).values())
+        numeric = _numeric_properties(metrics.metrics.values())
         rejections: list[str | None] = []
         for item in items:
             reason = screen.rejection(

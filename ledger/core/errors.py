@@ -55,6 +55,7 @@ class Rule(Enum):
     INVOICE_NOT_LATEST = ("invoice_not_latest_finalized", Kind.PRECONDITION)
     IDEMPOTENCY_KEY_REUSED = ("idempotency_key_reused_with_different_request", Kind.EXISTS)
     STREAM_VERSION_CONFLICT = ("stream_version_conflict", Kind.CONFLICT)
+    METRICS_CHANGING = ("metrics_changing", Kind.CONFLICT)
     BATCH_TOO_LARGE = ("batch_too_large", Kind.INVALID)
     PROJECTION_VERSION_EXISTS = ("projection_version_exists", Kind.EXISTS)
     PROJECTION_NOT_BUILDING = ("projection_not_building", Kind.PRECONDITION)

@@ -25,7 +25,7 @@ from ledger.store.event_store import PostgresEventStore
 from ledger.store.records import AppendOutcome, ConditionFailedError, NewEvent, NoneAfter
 
 BATCH_EVENTS_MAX: Final = 5_000
-BATCH_WAIT_S: Final = 0.002
+BATCH_WAIT_S: Final = 0.008
 QUEUE_EVENTS_MAX: Final = 50_000
 
 
@@ -53,6 +53,7 @@ class GroupCommitter:
         self._queue_events_max = queue_events_max
         self._waiting: list[_Request] = []
         self._queued_events = 0
+        self._last_group = 1  # requests in the last group
         self._wake = asyncio.Event()
         self._closed = False
         self.transactions = 0
@@ -79,11 +80,23 @@ class GroupCommitter:
         while not (self._closed and not self._waiting):
             await self._wake.wait()
             self._wake.clear()
-            if self._waiting and not self._closed:
-                # Let concurrent callers join this group, briefly.
-                await asyncio.sleep(self._batch_wait_s)
             while self._waiting:
+                await self._gather()
                 await self._commit(self._take_group())
+
+    async def _gather(self) -> None:
+        """Let concurrent callers join the next group: for ``batch_wait_s``, unless
+        the last group was one caller's alone (no one to wait for), the group is
+        already full, or the writer is closing.
+
+        Before each group, not only the first after a pause: under 64 single-event
+        callers, 8 ms made groups large enough to cost the server less CPU a call
+        (about 2,950 calls/s in three alternating pairs, against 2,800 when the
+        metric registry's reads gathered callers into waves; with no such waves,
+        2 ms gave 2,400 and 12 ms left the server idle, waiting)."""
+        alone = self._last_group <= 1
+        if not (alone or self._queued_events >= self._batch_events_max or self._closed):
+            await asyncio.sleep(self._batch_wait_s)
 
     async def close(self) -> None:
         """Refuse new appends; the writer commits everything already queued."""
@@ -100,6 +113,7 @@ class GroupCommitter:
             group.append(request)
             events += len(request.events)
         self._queued_events -= events
+        self._last_group = len(group)
         return group
 
     async def _commit(self, group: list[_Request]) -> None:

@@ -1,133 +1,121 @@
-"""The metric registry shares reads between concurrent callers, never a stale one."""
+"""The metric registry reads the ledger once; an append catches a metric created
+since, behind the ledger's lock, and the call is screened again with it."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import timedelta
 
 import pytest
 
-from ledger.app import catalog
 from ledger.app.catalog import MetricInput, MetricRegistry
 from ledger.app.context import RequestContext
+from ledger.app.usage import UsageInput, UsageStatus
 from ledger.store.records import StoredEvent
 from services.bootstrap import App
-from tests.integration.test_projection_ops import run_app
+from tests.integration.test_projection_ops import NOW, run_app
 
 CTX = RequestContext(actor="test", reason="metric registry test")
 
 
-def counting_reads(app: App, monkeypatch: pytest.MonkeyPatch, pause_s: float = 0.0) -> list[int]:
-    """Count the registry's reads of the ledger; each may pause after reading."""
+def counting_reads(app: App, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the reads of metric events; each is recorded with its ``after_seq``."""
     reads: list[int] = []
     real = app.store.read_types
 
     async def read_types(
         event_types: Sequence[str], after_seq: int, up_to_seq: int | None = None
     ) -> list[StoredEvent]:
-        found = await real(event_types, after_seq, up_to_seq)
-        reads.append(after_seq)
-        await asyncio.sleep(pause_s)  # as a slow read would, after its snapshot
-        return found
+        if "BillableMetricCreated" in event_types:
+            reads.append(after_seq)
+        return await real(event_types, after_seq, up_to_seq)
 
     monkeypatch.setattr(app.store, "read_types", read_types)
     return reads
 
 
-def test_concurrent_callers_share_a_read(
+def tokens(n: int, value: str, customer: str = "acme") -> UsageInput:
+    return UsageInput(f"t{n}", customer, "llm", NOW - timedelta(minutes=1), {"tokens": value})
+
+
+def test_calls_share_one_read_of_the_metrics(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def body(app: App) -> None:
+        await app.customers.create_customer("acme", "Acme", CTX)
         await app.catalog.create_metric(MetricInput("calls", "Calls", "call", "COUNT", ""), CTX)
+        reads = counting_reads(app, monkeypatch)
         registry = MetricRegistry(app.store)
-        reads = counting_reads(app, monkeypatch, pause_s=0.01)
-        answers = await asyncio.gather(*(registry.current() for _ in range(30)))
-        assert all(set(answer) == {"calls"} for answer in answers)
-        # The first caller reads; those who arrived during its read share the next.
-        assert len(reads) == 2
+        answers = await asyncio.gather(*(registry.known() for _ in range(30)))
+        assert all(set(answer.metrics) == {"calls"} for answer in answers)
+        assert len(reads) == 1, "the callers queued behind the first read took its answer"
+
+        app.record_usage._metrics = registry  # type: ignore[attr-defined]
+        results = await asyncio.gather(
+            *(app.record_usage([tokens(n, "5")], CTX) for n in range(40))
+        )
+        assert all(r.status is UsageStatus.ACCEPTED for (r,) in results)
+        assert len(reads) == 1, "calls do not read the metrics while none is created"
 
     run_app(database_url, body)
 
 
-def test_a_metric_created_before_a_call_is_seen_by_it(
+def test_a_metric_created_after_the_read_is_enforced_by_the_next_write(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The registry is behind: the append's condition fails, nothing is written,
+    and the call is screened again with the new metric, which refuses a quantity
+    that is not a number."""
+
     async def body(app: App) -> None:
-        registry = MetricRegistry(app.store)
-        reads = counting_reads(app, monkeypatch, pause_s=0.2)
-        in_flight = asyncio.create_task(registry.current())
-        await asyncio.sleep(0.05)  # its read is done and it is still pausing
-        assert len(reads) == 1
-        await app.catalog.create_metric(MetricInput("calls", "Calls", "call", "COUNT", ""), CTX)
-        assert "calls" in await registry.current()  # not the in-flight read's answer
-        assert "calls" not in await in_flight  # which began before the metric existed
-        assert len(reads) == 2
+        await app.customers.create_customer("acme", "Acme", CTX)
+        assert await app.record_usage([tokens(1, "many")], CTX)  # the registry has read
+        reads = counting_reads(app, monkeypatch)
+        await app.catalog.create_metric(
+            MetricInput("tokens", "Tokens", "llm", "SUM", "tokens"), CTX
+        )
+
+        first, second = await app.record_usage([tokens(2, "many"), tokens(3, "7")], CTX)
+
+        assert first.status is UsageStatus.REJECTED
+        assert "must be a decimal number" in first.reason
+        assert second.status is UsageStatus.ACCEPTED
+        assert len(reads) == 1, "read again once, after the write found the metric"
+        async with app.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT idempotency_key FROM events WHERE event_type = 'UsageRecorded' ORDER BY seq"
+            )
+            keys = [key for (key,) in await cur.fetchall()]
+        assert len(keys) == 2 and "t3" in keys[1], "t2 was never written"
 
     run_app(database_url, body)
 
 
-def test_a_failed_read_is_not_shared(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Callers queued behind a read that fails read again; they never take the
-    metrics of an older read as if the failed one had happened."""
+def test_a_failed_read_is_not_taken_for_a_read(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh that fails leaves the registry as it was; the next one reads."""
 
     async def body(app: App) -> None:
         registry = MetricRegistry(app.store)
+        before = await registry.known()
+        await app.catalog.create_metric(MetricInput("calls", "Calls", "call", "COUNT", ""), CTX)
         real = app.store.read_types
-        reads: list[int] = []
+        failures = [OSError("connection lost")]
 
-        async def slow_then_failing(
+        async def failing_once(
             event_types: Sequence[str], after_seq: int, up_to_seq: int | None = None
         ) -> list[StoredEvent]:
-            reads.append(after_seq)
-            if len(reads) == 2:
-                raise OSError("connection lost")
-            found = await real(event_types, after_seq, up_to_seq)
-            if len(reads) == 1:
-                await asyncio.sleep(0.1)  # the first read's snapshot is already taken
-            return found
+            if failures:
+                raise failures.pop()
+            return await real(event_types, after_seq, up_to_seq)
 
-        monkeypatch.setattr(app.store, "read_types", slow_then_failing)
-        first = asyncio.create_task(registry.current())
-        await asyncio.sleep(0.02)
-        await app.catalog.create_metric(MetricInput("calls", "Calls", "call", "COUNT", ""), CTX)
-        failing = asyncio.create_task(registry.current())  # will read, and fail
-        queued = asyncio.create_task(registry.current())  # queued behind it
-        assert "calls" not in await first  # it read before the metric existed
+        monkeypatch.setattr(app.store, "read_types", failing_once)
         with pytest.raises(OSError, match="connection lost"):
-            await failing
-        assert "calls" in await queued  # read again, not the first read's answer
-        assert len(reads) == 3
-
-    run_app(database_url, body)
-
-
-def test_callers_arriving_while_a_read_gathers_share_it(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With callers waiting, a read waits for more while they keep coming; a caller
-    alone reads at once. Every caller still sees what was created before it."""
-    monkeypatch.setattr(catalog, "GATHER_STEP_S", 0.2)
-    monkeypatch.setattr(catalog, "GATHER_MAX_S", 5.0)  # it stops when callers stop coming
-
-    async def body(app: App) -> None:
-        registry = MetricRegistry(app.store)
-        reads = counting_reads(app, monkeypatch)
-        started = asyncio.get_running_loop().time()
-        await registry.current()  # alone: no gathering
-        assert asyncio.get_running_loop().time() - started < 0.2
-        assert len(reads) == 1
-
-        reads.clear()
-        first = asyncio.create_task(registry.current())  # reads at once, alone
-        await asyncio.sleep(0)
-        waiting = [asyncio.create_task(registry.current()) for _ in range(3)]
-        await first  # the waiting three share the next read, which gathers
-        await asyncio.sleep(0.05)  # during its first step
-        await app.catalog.create_metric(MetricInput("calls", "Calls", "call", "COUNT", ""), CTX)
-        late = [asyncio.create_task(registry.current()) for _ in range(3)]
-        answers = await asyncio.gather(*waiting, *late)
-        assert len(reads) == 2, reads  # the late callers joined the gathering read
-        assert asyncio.get_running_loop().time() - started < 2.0  # two steps, not 5 s
-        assert all("calls" in answer for answer in answers)
+            await registry.refresh(before)
+        assert await registry.known() is before
+        after = await registry.refresh(before)
+        assert "calls" in after.metrics and after.seq > before.seq
 
     run_app(database_url, body)
