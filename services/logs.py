@@ -27,7 +27,10 @@ def bind_call_fields(fields: Mapping[str, object]) -> contextvars.Token[Mapping[
 
 
 def unbind_call_fields(token: contextvars.Token[Mapping[str, object]]) -> None:
-    _call_fields.reset(token)
+    try:
+        _call_fields.reset(token)
+    except ValueError:  # ended in another context: a stream the collector closed later
+        _call_fields.set(_NO_FIELDS)
 
 
 def add_call_fields(
