@@ -9,8 +9,8 @@ counted): when it is full a caller is refused at once with a retryable error
 (RESOURCE_EXHAUSTED with retry info) instead of waiting without limit.
 
 A request may carry conditions (:class:`NoneAfter`): the group is appended
-under all of its requests' conditions, and if one fails, the requests with
-conditions hear it and the others are appended in a group of their own.
+under all of its requests' conditions, and if one fails, the requests whose
+own condition failed hear it and the others are appended without them.
 """
 
 from __future__ import annotations
@@ -121,12 +121,16 @@ class GroupCommitter:
         try:
             outcomes = await self._store.append(events, _merged(group))
         except ConditionFailedError as error:
-            unconditional = [request for request in group if not request.conditions]
+            # Only the requests whose own condition failed hear it; the rest are
+            # appended without them (each round drops at least the earliest seq).
+            rest = []
             for request in group:
-                if request.conditions and not request.answer.done():
-                    request.answer.set_exception(error)
-            if unconditional:
-                await self._commit(unconditional)
+                if (failed := _failed(request, error)) is None:
+                    rest.append(request)
+                elif not request.answer.done():
+                    request.answer.set_exception(ConditionFailedError(failed, error.newest))
+            if rest:
+                await self._commit(rest)
             return
         except Exception as error:  # the group failed together; each caller hears why
             for request in group:
@@ -151,3 +155,12 @@ def _merged(group: list[_Request]) -> list[NoneAfter]:
             known = earliest.get(condition.event_types, condition.seq)
             earliest[condition.event_types] = min(known, condition.seq)
     return [NoneAfter(types, seq) for types, seq in earliest.items()]
+
+
+def _failed(request: _Request, error: ConditionFailedError) -> NoneAfter | None:
+    """The request's condition that ``error`` shows failed, if any."""
+    for condition in request.conditions:
+        same_types = condition.event_types == error.condition.event_types
+        if same_types and not condition.holds_through(error.newest):
+            return condition
+    return None

@@ -164,15 +164,28 @@ AppendOutcome = Appended | Duplicate | KeyReused
 class NoneAfter:
     """A condition on an append: the ledger holds no event of ``event_types`` after
     ``seq``. A caller that decided what to write from what it had read through
-    ``seq`` (the billable metrics, say) writes only if that is still all there is."""
+    ``seq`` (the billable metrics, say) writes only if that is still all there is.
+    Usage events cannot be named: the check reads the index that leaves them out."""
 
     event_types: tuple[str, ...]
     seq: int
 
+    def __post_init__(self) -> None:
+        assert "UsageRecorded" not in self.event_types, "a condition cannot name usage"
+
+    def holds_through(self, newest: int) -> bool:
+        """Whether this holds when ``newest`` is the newest event of its types."""
+        return self.seq >= newest
+
 
 class ConditionFailedError(Exception):
-    """An append's :class:`NoneAfter` no longer held; nothing was written."""
+    """An append's :class:`NoneAfter` no longer held (an event of its types is at
+    ``newest``); nothing was written."""
 
-    def __init__(self, condition: NoneAfter) -> None:
-        super().__init__(f"events of {', '.join(condition.event_types)} after seq {condition.seq}")
+    def __init__(self, condition: NoneAfter, newest: int) -> None:
+        super().__init__(
+            f"an event of {', '.join(condition.event_types)} at seq {newest},"
+            f" after seq {condition.seq}"
+        )
         self.condition = condition
+        self.newest = newest

@@ -249,7 +249,7 @@ def test_an_append_on_a_condition_writes_only_while_it_holds(database_url: str) 
         assert await new_customer == [Appended(3, 1)]
         with pytest.raises(ConditionFailedError) as failed:
             await usage
-        assert failed.value.condition == no_new_customer
+        assert (failed.value.condition, failed.value.newest) == (no_new_customer, 3)
         assert seqs(await store.read_all(0, 100)) == [1, 2, 3]
         # Usage is not among the event types the condition names.
         later = NoneAfter(("CustomerCreated",), 3)

@@ -101,17 +101,22 @@ def test_a_full_queue_refuses_at_once_and_queued_appends_still_commit(database_u
     run_app(database_url, body)
 
 
-def test_a_failed_condition_fails_only_the_requests_that_set_one(database_url: str) -> None:
-    """The group is appended under its requests' conditions; when one fails, those
-    requests hear it and the unconditional ones are still written."""
+def test_a_failed_condition_fails_only_the_requests_whose_own_condition_failed(
+    database_url: str,
+) -> None:
+    """The group is appended under its requests' conditions, merged; when that
+    fails, the requests whose own condition failed hear it, and the others (with
+    none, or one that still holds) are written."""
 
     async def body(app: App) -> None:
         store = PostgresEventStore(app.pool, lambda: NOW)
-        committer = GroupCommitter(store, batch_wait_s=0.05)
+        committer = GroupCommitter(store)
         writer = asyncio.create_task(committer.run())
-        await committer.append([customer(1)])  # a CustomerCreated after seq 0
-        stale = NoneAfter(("CustomerCreated",), 0)
-        current = NoneAfter(("CustomerCreated",), 10**9)
+        (first,) = await committer.append([customer(1)])  # a CustomerCreated
+        # The three calls below all queue before the writer runs again: one group.
+        assert isinstance(first, Appended)
+        stale = NoneAfter(("CustomerCreated",), first.seq - 1)
+        current = NoneAfter(("CustomerCreated",), first.seq)
         outcomes = await asyncio.gather(
             committer.append([customer(2)], [stale]),
             committer.append([customer(3)], [current]),
@@ -120,12 +125,15 @@ def test_a_failed_condition_fails_only_the_requests_that_set_one(database_url: s
         )
         await committer.close()
         await writer
-        assert isinstance(outcomes[0], ConditionFailedError)
-        # It shared the stale request's group, whose conditions merged to the earliest.
-        assert isinstance(outcomes[1], ConditionFailedError)
-        assert isinstance(outcomes[2], list) and isinstance(outcomes[2][0], Appended)
+        refused, written, unconditional = outcomes
+        assert isinstance(refused, ConditionFailedError)
+        assert (refused.condition, refused.newest) == (stale, first.seq)
+        assert isinstance(written, list) and isinstance(written[0], Appended)
+        assert isinstance(unconditional, list) and isinstance(unconditional[0], Appended)
         async with app.pool.connection() as conn:
             cur = await conn.execute("SELECT stream_id FROM events ORDER BY seq")
-            assert [row[0] for row in await cur.fetchall()] == ["customer-g1", "customer-g4"]
+            streams = [row[0] for row in await cur.fetchall()]
+        assert streams == ["customer-g1", "customer-g3", "customer-g4"]
 
     run_app(database_url, body)
+

@@ -26,7 +26,7 @@ from ledger.core.errors import DomainError, Rule
 from ledger.core.events import InvoiceFinalized
 from ledger.core.invoice import Invoice, InvoiceLine, LineKind, canonical_invoice
 from ledger.core.rate_specs import RateSpec, TierSpec
-from ledger.store.records import NewEvent
+from ledger.store.records import NewEvent, NoneAfter
 from services.bootstrap import App, running_app
 from services.config import Settings
 from tests.integration.credit_world import grant
@@ -103,11 +103,13 @@ def test_usage_recorded_while_a_period_is_finalized_is_billed_as_late(database_u
         await record(app, "feb", FEB + timedelta(days=20), 100)
         append = app.store.append
 
-        async def usage_sneaks_in(events: Sequence[NewEvent]) -> object:
+        async def usage_sneaks_in(
+            events: Sequence[NewEvent], conditions: Sequence[NoneAfter] = ()
+        ) -> object:
             if any(isinstance(e.event, InvoiceFinalized) for e in events):
                 app.store.append = append  # type: ignore[method-assign]
                 await record(app, "feb-racing", FEB + timedelta(days=22), 1000)
-            return await append(events)
+            return await append(events, conditions)
 
         app.store.append = usage_sneaks_in  # type: ignore[method-assign]
         await app.invoicing.finalize("in-acme-c1-1", CTX)
