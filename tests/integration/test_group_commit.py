@@ -137,3 +137,27 @@ def test_a_failed_condition_fails_only_the_requests_whose_own_condition_failed(
 
     run_app(database_url, body)
 
+
+def test_a_caller_alone_is_not_kept_waiting(database_url: str) -> None:
+    """The wait for a group is for concurrent callers: a call after a lone one, or
+    after a quiet spell, is written at once, however long the wait is set."""
+
+    async def body(app: App) -> None:
+        store = PostgresEventStore(app.pool, lambda: NOW)
+        committer = GroupCommitter(store, batch_wait_s=1.0)
+        writer = asyncio.create_task(committer.run())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await committer.append([customer(1)])
+        await committer.append([customer(2)])
+        assert loop.time() - started < 0.5, "lone calls waited for company"
+
+        await asyncio.gather(*(committer.append([customer(n)]) for n in range(3, 19)))
+        await asyncio.sleep(1.1)  # quiet for longer than the wait: those callers are gone
+        started = loop.time()
+        await committer.append([customer(19)])
+        assert loop.time() - started < 0.5, "a call after a quiet spell waited"
+        await committer.close()
+        await writer
+
+    run_app(database_url, body)
