@@ -105,10 +105,12 @@ class RecordUsage:
                 (FieldViolation("events", f"at most {BATCH_EVENTS_MAX} events per call"),),
             )
         metrics = await self._metrics.known()
-        for _ in range(SCREENINGS_MAX):
+        for screening in range(1, SCREENINGS_MAX + 1):
             try:
                 return await self._screened_and_written(items, ctx, metrics)
             except ConditionFailedError:
+                if screening == SCREENINGS_MAX:
+                    break
                 metrics = await self._metrics.refresh(metrics)
         raise DomainError(
             Rule.METRICS_CHANGING, "billable metrics kept changing during the call; retry"

@@ -12,7 +12,8 @@ import pytest
 from ledger.app.catalog import MetricInput, MetricRegistry
 from ledger.app.context import RequestContext
 from ledger.app.usage import UsageInput, UsageStatus
-from ledger.store.records import StoredEvent
+from ledger.core.errors import DomainError, Rule
+from ledger.store.records import ConditionFailedError, NewEvent, NoneAfter, StoredEvent
 from services.bootstrap import App
 from tests.integration.test_projection_ops import NOW, run_app
 
@@ -117,5 +118,33 @@ def test_a_failed_read_is_not_taken_for_a_read(
         assert await registry.known() is before
         after = await registry.refresh(before)
         assert "calls" in after.metrics and after.seq > before.seq
+
+    run_app(database_url, body)
+
+
+def test_a_call_refused_on_every_screening_is_aborted_to_retry(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metrics created again and again while a call is written: after three
+    screenings it gives up with a retryable conflict, and writes nothing."""
+
+    async def body(app: App) -> None:
+        await app.customers.create_customer("acme", "Acme", CTX)
+        reads = counting_reads(app, monkeypatch)
+        attempts: list[NoneAfter] = []
+
+        async def always_behind(
+            events: Sequence[NewEvent], conditions: Sequence[NoneAfter] = ()
+        ) -> list[object]:
+            (condition,) = conditions
+            attempts.append(condition)
+            raise ConditionFailedError(condition, condition.seq + 1)
+
+        monkeypatch.setattr(app.record_usage, "_append", always_behind)
+        with pytest.raises(DomainError) as aborted:
+            await app.record_usage([tokens(1, "5")], CTX)
+        assert aborted.value.rule is Rule.METRICS_CHANGING
+        assert len(attempts) == 3
+        assert len(reads) == 3, "its first read, then one between screenings, none after"
 
     run_app(database_url, body)
