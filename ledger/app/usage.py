@@ -131,7 +131,7 @@ class RecordUsage:
         writable = [i for i, reason in zip(items, rejections, strict=True) if reason is None]
         metadata = ctx.metadata()  # one mapping per call: its bytes are encoded once
         news = [self._new_event(i, metadata) for i in writable]
-        outcomes = iter(await self._append(news, (metrics.unchanged(),)) if news else ())
+        outcomes = iter(await self._append(news, (metrics.unchanged,)) if news else ())
         results = []
         for item, reason in zip(items, rejections, strict=True):
             if reason is None:
