@@ -4,10 +4,10 @@ gRPC's graceful stop waits until every call is over or the grace runs out.
 Calls that no handler of ours is serving can hold it for the whole grace:
 long-lived health watches, and, we suspect from one failed test, a call that
 crosses the shutdown in flight, accepted by gRPC but never handed on. So the
-server counts its calls under way, from the handler's start until the reply
-is sent, and once none has begun or ended for a moment after the stop began,
-it stops at once: the calls left, which no handler of ours began, are refused
-UNAVAILABLE and safe to retry.
+server counts its calls under way, from the handler's start until it has
+returned (a stream: until its last reply is sent), and once none has begun or
+ended for a moment after the stop began, it stops at once: the calls left,
+which no handler of ours began, are refused UNAVAILABLE and safe to retry.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ SETTLE_S: Final = 0.25
 
 class CallsInFlight:
     """Counts the Accrual calls under way (not health or reflection, which it does
-    not wrap): from the handler's start until gRPC has ended the call, its reply
-    sent or the client gone. A :class:`~services.handlers.HandlerWrapper`."""
+    not wrap): a unary call from its handler's start until the handler returns,
+    a stream until gRPC has ended it, its last reply sent or the client gone.
+    A :class:`~services.handlers.HandlerWrapper`."""
 
     def __init__(self) -> None:
         self.running = 0
@@ -41,9 +42,17 @@ class CallsInFlight:
         return handler
 
     def _unary(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        # Ended when the handler returns, not by a done callback: gRPC keeps a
+        # call's callbacks in a cycle with its context, which only the cyclic
+        # collector frees. Under 64 single-event callers those cycles made its
+        # collections long pauses (30-85 ms every 2 s), the slowest 1% of calls.
+        # The reply is sent just after; stopping waits SETTLE_S of quiet anyway.
         async def counted(request: object, context: grpc.aio.ServicerContext) -> Any:
-            self._begin(context)
-            return await behavior(request, context)
+            self._started()
+            try:
+                return await behavior(request, context)
+            finally:
+                self._end(context)
 
         return counted
 
@@ -56,12 +65,15 @@ class CallsInFlight:
         return counted
 
     def _begin(self, context: grpc.aio.ServicerContext) -> None:
-        # Ended by gRPC when the call is over: after its reply is sent, and also
-        # when the client goes away mid-stream (a generator's own cleanup can
-        # wait for the garbage collector).
+        # A stream is ended by gRPC when the call is over: after its last reply is
+        # sent, and also when the client goes away mid-stream (a generator's own
+        # cleanup can wait for the garbage collector).
+        self._started()
+        context.add_done_callback(self._end)
+
+    def _started(self) -> None:
         self.running += 1
         self.changed_at = time.monotonic()
-        context.add_done_callback(self._end)
 
     def _end(self, _: object) -> None:
         self.running -= 1
