@@ -40,7 +40,7 @@ from services.api.accrual.v1 import usage_pb2
 from services.bootstrap import App, running_app
 from services.config import Settings
 from services.logs import configure_logging
-from services.server import tune_garbage_collector
+from services.server import SERVING_GC_YOUNG_THRESHOLD, tune_garbage_collector
 from services.servicers.usage import UsageServicer
 
 CALLS = int(os.environ.get("ACCRUAL_BENCH_CPU_CALLS", "400"))
@@ -142,7 +142,7 @@ async def projector_cpu(app: App, from_seq: int, postmaster: int) -> dict[str, f
 
 def main() -> int:
     configure_logging("json", level=30)  # the per-call log lines are not what is measured
-    tune_garbage_collector()  # the collector settings `accrual serve` runs with
+    tune_garbage_collector(SERVING_GC_YOUNG_THRESHOLD)  # as `accrual serve` runs
     with migrated_embedded_database() as url:
         settings = dataclasses.replace(Settings.from_env({}), run_projector=False)
 

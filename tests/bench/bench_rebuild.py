@@ -141,7 +141,7 @@ async def verify_invoice(app: App) -> dict[str, float]:
 
 
 def main() -> int:
-    tune_garbage_collector()  # the collector settings `accrual serve` runs with
+    tune_garbage_collector()  # the collector settings `accrual rebuild` runs with
     with migrated_embedded_database() as url:
         settings = dataclasses.replace(Settings.from_env({}), run_projector=False)
 
