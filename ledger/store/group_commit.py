@@ -67,7 +67,7 @@ class GroupCommitter:
         if not events:
             return []
         if self._closed:
-            raise DomainError(Rule.SHUTTING_DOWN, "the service is shutting down; retry elsewhere")
+            raise _shutting_down()
         if self._queued_events + len(events) > self._queue_events_max:
             raise DomainError(Rule.INGEST_QUEUE_FULL, "too many appends are waiting; retry shortly")
         request = _Request(events, conditions, asyncio.get_running_loop().create_future())
@@ -79,15 +79,23 @@ class GroupCommitter:
     async def run(self) -> None:
         """The writer: runs until :meth:`close`, then finishes what is queued."""
         loop = asyncio.get_running_loop()
-        while not (self._closed and not self._waiting):
-            idle_since = loop.time()
-            await self._wake.wait()
-            self._wake.clear()
-            if loop.time() - idle_since > self._batch_wait_s:
-                self._last_group = 1  # the callers of the last group are gone
-            while self._waiting:
-                await self._gather()
-                await self._commit(self._take_group())
+        try:
+            while not (self._closed and not self._waiting):
+                idle_since = loop.time()
+                await self._wake.wait()
+                self._wake.clear()
+                if loop.time() - idle_since > self._batch_wait_s:
+                    self._last_group = 1  # the callers of the last group are gone
+                while self._waiting:
+                    await self._gather()
+                    await self._commit(self._take_group())
+        except asyncio.CancelledError:
+            # Cancelled (a loop shutting down with the writer still running): no
+            # caller may be left waiting for an answer that will never come.
+            self._closed = True
+            _refuse(self._waiting)
+            self._waiting.clear()
+            raise
 
     async def _gather(self) -> None:
         """Let concurrent callers join the next group: for ``batch_wait_s`` once the
@@ -142,6 +150,12 @@ class GroupCommitter:
             if rest:
                 await self._commit(rest)
             return
+        except asyncio.CancelledError:
+            # The writer is cancelled mid-append: whether the group committed is
+            # unknown, so its callers are told to retry, which usage's idempotency
+            # keys make safe (a retry of what committed is answered DUPLICATE).
+            _refuse(group)
+            raise
         except Exception as error:  # the group failed together; each caller hears why
             for request in group:
                 if not request.answer.done():
@@ -154,6 +168,17 @@ class GroupCommitter:
             if not request.answer.done():
                 request.answer.set_result(outcomes[position : position + size])
             position += size
+
+
+def _refuse(requests: list[_Request]) -> None:
+    """Answer ``requests`` that the writer will not append: retry elsewhere."""
+    for request in requests:
+        if not request.answer.done():
+            request.answer.set_exception(_shutting_down())
+
+
+def _shutting_down() -> DomainError:
+    return DomainError(Rule.SHUTTING_DOWN, "the service is shutting down; retry elsewhere")
 
 
 def _merged(group: list[_Request]) -> list[NoneAfter]:

@@ -161,3 +161,38 @@ def test_a_caller_alone_is_not_kept_waiting(database_url: str) -> None:
         await writer
 
     run_app(database_url, body)
+
+
+def test_a_cancelled_writer_leaves_no_caller_waiting(database_url: str) -> None:
+    """If the writer is cancelled mid-append (a loop shutting down), the callers in
+    its group and those queued behind it are told to retry, nothing is written,
+    and later appends are refused rather than queued for no one."""
+
+    async def body(app: App) -> None:
+        store = PostgresEventStore(app.pool, lambda: NOW)
+        committer = GroupCommitter(store, batch_wait_s=0)
+        writer = asyncio.create_task(committer.run())
+        async with app.pool.connection() as holder:  # the head's lock, held
+            await holder.execute("SELECT 1 FROM ledger_heads WHERE partition = 0 FOR UPDATE")
+            in_flight = asyncio.ensure_future(committer.append([customer(1)]))
+            await asyncio.sleep(0.2)  # the writer now waits for the lock
+            queued = asyncio.ensure_future(committer.append([customer(2)]))
+            await asyncio.sleep(0)
+            writer.cancel()
+            answers = await asyncio.wait_for(
+                asyncio.gather(in_flight, queued, return_exceptions=True), 5
+            )
+            await holder.rollback()
+        for answer in answers:
+            assert isinstance(answer, DomainError) and answer.rule is Rule.SHUTTING_DOWN
+        with pytest.raises(DomainError) as later:
+            await committer.append([customer(3)])
+        assert later.value.rule is Rule.SHUTTING_DOWN
+        assert writer.cancelled()
+        async with app.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FROM events WHERE event_type = %s", ["CustomerCreated"]
+            )
+            assert await cur.fetchone() == (0,)
+
+    run_app(database_url, body)
