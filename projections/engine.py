@@ -62,8 +62,12 @@ def rebuild_batch_events(events: int, payload_bytes: int) -> int:
 
 
 POLL_INTERVAL_S: Final = 1.0
-# After a wake-up, how long appends may gather before they are applied together.
-COALESCE_S: Final = 0.05
+# After a wake-up, how long appends may gather before they are applied together:
+# the most a projection trails a stream of appends by, beyond applying them. Each
+# round costs a transaction per projection, on the server's own event loop when it
+# projects. Under 64 single-event callers, 0.2 s rather than 0.05 s took the
+# server from 3,107-3,514 to 3,609-3,773 calls/s (three alternating pairs).
+COALESCE_S: Final = 0.2
 RETRY_DELAY_S: Final = 2.0
 
 _log = structlog.get_logger("accrual.projections")
