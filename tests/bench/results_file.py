@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -28,14 +29,45 @@ def print_figures(title: str, figures: Mapping[str, object]) -> None:
         print(f"  {label:<52} {shown:>12}")
 
 
+def source_commit() -> str:
+    """The commit measured, ``+changes`` if the checkout differs from it (result
+    files aside); ``unknown`` outside a git checkout."""
+    try:
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, check=True
+            )
+            .stdout.decode()
+            .strip()
+        )
+        changes = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!tests/bench/results",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}+changes" if changes else commit
+
+
 def write_result(kind: str, details: dict[str, object], stamp: str = "") -> Path:
-    """Write one run, with the date, machine and Python it ran on, as
+    """Write one run, with the date, machine, Python and commit it ran on, as
     ``<kind>-<UTC stamp>.json``; print and return where it went."""
     now = datetime.now(UTC)
     record = {
         "date": now.isoformat(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "python": sys.version.split()[0],
+        "commit": source_commit(),
         **details,
     }
     RESULTS.mkdir(exist_ok=True)
