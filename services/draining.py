@@ -4,10 +4,12 @@ gRPC's graceful stop waits until every call is over or the grace runs out.
 Calls that no handler of ours is serving can hold it for the whole grace:
 long-lived health watches, and, we suspect from one failed test, a call that
 crosses the shutdown in flight, accepted by gRPC but never handed on. So the
-server counts its calls under way, from the handler's start until it has
-returned (a stream: until its last reply is sent), and once none has begun or
-ended for a moment after the stop began, it stops at once: the calls left,
-which no handler of ours began, are refused UNAVAILABLE and safe to retry.
+server counts its calls under way, from the handler's start until the reply
+is sent, and once none has begun or ended for a moment after the stop began,
+it stops at once: the calls left, which no handler of ours began, are refused
+UNAVAILABLE and safe to retry. (Before the stop, a unary call is counted only
+until its handler returns, which leaves gRPC's per-call state no reference
+cycle: see ``CallsInFlight._unary``.)
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ SETTLE_S: Final = 0.25
 
 class CallsInFlight:
     """Counts the Accrual calls under way (not health or reflection, which it does
-    not wrap): a unary call from its handler's start until the handler returns,
-    a stream until gRPC has ended it, its last reply sent or the client gone.
-    A :class:`~services.handlers.HandlerWrapper`."""
+    not wrap): from the handler's start until gRPC has ended the call, its reply
+    sent or the client gone; a unary call that ends before the stop began, until
+    its handler returns. A :class:`~services.handlers.HandlerWrapper`."""
 
     def __init__(self) -> None:
         self.running = 0
         self.changed_at = 0.0  # when a call last began or ended (monotonic seconds)
+        self.stopping = False  # set by stop_when_drained: count replies until sent
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
@@ -46,13 +49,17 @@ class CallsInFlight:
         # call's callbacks in a cycle with its context, which only the cyclic
         # collector frees. Under 64 single-event callers those cycles made its
         # collections long pauses (30-85 ms every 2 s), the slowest 1% of calls.
-        # The reply is sent just after; stopping waits SETTLE_S of quiet anyway.
+        # While stopping, a call is counted until gRPC has sent its reply, as a
+        # stream is: a large reply to a slow client may take longer than SETTLE_S.
         async def counted(request: object, context: grpc.aio.ServicerContext) -> Any:
             self._started()
             try:
                 return await behavior(request, context)
             finally:
-                self._end(context)
+                if self.stopping:
+                    context.add_done_callback(self._end)
+                else:
+                    self._end(context)
 
         return counted
 
@@ -89,6 +96,7 @@ class CallsInFlight:
 
 async def stop_when_drained(server: grpc.aio.Server, calls: CallsInFlight, grace_s: float) -> None:
     """Stop ``server`` gracefully, and at once when no call of ours is left under way."""
+    calls.stopping = True
     stopping = asyncio.ensure_future(server.stop(grace_s))
     settled = asyncio.ensure_future(calls.settled())
     try:

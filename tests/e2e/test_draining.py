@@ -125,6 +125,7 @@ def test_answered_calls_leave_no_context_for_the_cycle_collector(database_url: s
         finally:
             gc.set_debug(0)
             gc.garbage.clear()
+            await server.stop(0)
         assert contexts == []
 
     serve_and_stop(database_url, body)
@@ -167,6 +168,47 @@ def test_streamed_calls_count_until_grpc_ends_them() -> None:
     assert asyncio.run(main()) == [0]
     assert seen == [1]
     assert calls.running == 0
+
+
+def test_unary_calls_count_until_their_handler_ends_and_while_stopping_until_sent() -> None:
+    """Before the stop, a unary call is counted until its handler returns, raises
+    or is cancelled, with no done callback (whose cycle only the collector frees);
+    once the stop has begun, until gRPC has sent its reply."""
+    calls = CallsInFlight()
+
+    async def answer(request: object, context: object) -> str:
+        return "reply"
+
+    async def fail(request: object, context: object) -> str:
+        raise RuntimeError("handler failed")
+
+    async def hang(request: object, context: object) -> str:
+        await asyncio.sleep(60)
+        return "never"
+
+    async def main() -> None:
+        context = EndingContext()
+        assert await calls._unary(answer)(None, context) == "reply"
+        assert (calls.running, context.done) == (0, [])
+        with pytest.raises(RuntimeError):
+            await calls._unary(fail)(None, EndingContext())
+        assert calls.running == 0
+        hanging = asyncio.ensure_future(calls._unary(hang)(None, EndingContext()))
+        await asyncio.sleep(0)
+        assert calls.running == 1
+        hanging.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await hanging
+        assert calls.running == 0
+
+        calls.stopping = True
+        context = EndingContext()
+        assert await calls._unary(answer)(None, context) == "reply"
+        assert calls.running == 1  # its reply is not sent yet
+        context.end()
+        assert calls.running == 0
+
+    asyncio.run(main())
 
 
 def test_stopping_waits_for_calls_that_begin_and_end_between_looks() -> None:
