@@ -11,6 +11,9 @@ counted): when it is full a caller is refused at once with a retryable error
 A request may carry conditions (:class:`NoneAfter`): the group is appended
 under all of its requests' conditions, and if one fails, the requests whose
 own condition failed hear it and the others are appended without them.
+
+If the writer task is cancelled, every caller it holds is refused (retry
+elsewhere), as are later ones: none is left waiting for an answer.
 """
 
 from __future__ import annotations
@@ -77,7 +80,8 @@ class GroupCommitter:
         return await request.answer
 
     async def run(self) -> None:
-        """The writer: runs until :meth:`close`, then finishes what is queued."""
+        """The writer: runs until :meth:`close`, then finishes what is queued.
+        Cancelled, it refuses what it holds and what comes after (SHUTTING_DOWN)."""
         loop = asyncio.get_running_loop()
         try:
             while not (self._closed and not self._waiting):
@@ -95,6 +99,7 @@ class GroupCommitter:
             self._closed = True
             _refuse(self._waiting)
             self._waiting.clear()
+            self._queued_events = 0
             raise
 
     async def _gather(self) -> None:
@@ -152,8 +157,9 @@ class GroupCommitter:
             return
         except asyncio.CancelledError:
             # The writer is cancelled mid-append: whether the group committed is
-            # unknown, so its callers are told to retry, which usage's idempotency
-            # keys make safe (a retry of what committed is answered DUPLICATE).
+            # unknown, so its callers are told to retry. That is safe for its one
+            # user, RecordUsage: a retry of what committed is answered DUPLICATE.
+            # A caller whose appends have no idempotency key would need more.
             _refuse(group)
             raise
         except Exception as error:  # the group failed together; each caller hears why

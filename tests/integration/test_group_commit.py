@@ -163,6 +163,23 @@ def test_a_caller_alone_is_not_kept_waiting(database_url: str) -> None:
     run_app(database_url, body)
 
 
+async def waiting_for_a_lock(app: App, within_s: float = 10) -> None:
+    """Return once a session of this test's database waits for a lock."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    async with app.pool.connection() as conn:
+        while asyncio.get_running_loop().time() < deadline:
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            row = await cur.fetchone()
+            await conn.commit()
+            if row is not None and row[0] > 0:
+                return
+            await asyncio.sleep(0.02)
+    raise AssertionError("no session came to wait for a lock")
+
+
 def test_a_cancelled_writer_leaves_no_caller_waiting(database_url: str) -> None:
     """If the writer is cancelled mid-append (a loop shutting down), the callers in
     its group and those queued behind it are told to retry, nothing is written,
@@ -175,7 +192,7 @@ def test_a_cancelled_writer_leaves_no_caller_waiting(database_url: str) -> None:
         async with app.pool.connection() as holder:  # the head's lock, held
             await holder.execute("SELECT 1 FROM ledger_heads WHERE partition = 0 FOR UPDATE")
             in_flight = asyncio.ensure_future(committer.append([customer(1)]))
-            await asyncio.sleep(0.2)  # the writer now waits for the lock
+            await waiting_for_a_lock(app)  # the writer is mid-append
             queued = asyncio.ensure_future(committer.append([customer(2)]))
             await asyncio.sleep(0)
             writer.cancel()
