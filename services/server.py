@@ -208,7 +208,8 @@ GC_YOUNG_THRESHOLD: Final = 100_000
 # gRPC (its echo server does too), and a young collection frees them all at once.
 # Under 64 single-event callers, at 100,000 those collections paused the server
 # for 36-140 ms every 4-5 s; at 20,000, for at most 9 ms (older ones, 22). Batched
-# ingest's CPU an event was the same at both, within the runs' spread.
+# ingest's CPU an event was the same at both, within the runs' spread. A server
+# that also projects (the default) projects at this threshold too.
 SERVING_GC_YOUNG_THRESHOLD: Final = 20_000
 GC_OLDER_THRESHOLDS: Final = (20, 20)
 
@@ -223,8 +224,9 @@ def tune_garbage_collector(young_threshold: int = GC_YOUNG_THRESHOLD) -> None:
     ran every 700 allocations, a fifth of the append path's time (store append
     of 100,000 events: about 55,000 events/s before, 67,000 after). What is
     alive once serving starts (modules, descriptors, the wiring) lives as long
-    as the process, so it is frozen out of every collection. The projection
-    runner and rebuilds, in their own processes, take these settings too.
+    as the process, so it is frozen out of every collection. ``accrual
+    project`` and ``accrual rebuild`` take the default threshold; ``accrual
+    serve`` the serving one.
     """
     gc.collect()  # garbage of startup is collected, not frozen with the rest
     gc.freeze()

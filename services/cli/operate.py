@@ -86,7 +86,7 @@ def _run_projector(settings: Settings, args: argparse.Namespace) -> None:
 
         async def main() -> None:
             async with running_app(settings, urls.service, projector_url=urls.projector) as app:
-                tune_garbage_collector()  # as the server does: projecting allocates as much
+                tune_garbage_collector()  # a projector's: big batches, short-lived
                 if args.once:
                     applied = await app.runner.catch_up()
                     _log.info("caught up", events=applied)

@@ -24,7 +24,7 @@ def restored_collector() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("restored_collector")
-def test_serving_collects_less_often_and_skips_what_lives_from_startup() -> None:
+def test_fewer_collections_and_none_of_what_lives_from_startup() -> None:
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
     tune_garbage_collector()
