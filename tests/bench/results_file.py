@@ -30,33 +30,23 @@ def print_figures(title: str, figures: Mapping[str, object]) -> None:
 
 
 def source_commit() -> str:
-    """The commit measured, ``+changes`` if the checkout differs from it (result
-    files aside); ``unknown`` outside a git checkout."""
+    """The commit of the code measured: the newest that changed more than result
+    files, ``+changes`` if the checkout differs from it; ``unknown`` outside a
+    git checkout."""
+    code = ["--", ".", ":!tests/bench/results"]
     try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, check=True
-            )
-            .stdout.decode()
-            .strip()
-        )
+        commit = subprocess.run(
+            ["git", "log", "-1", "--format=%h", *code], cwd=ROOT, capture_output=True, check=True
+        ).stdout.decode()
         changes = subprocess.run(
-            [
-                "git",
-                "status",
-                "--porcelain",
-                "--untracked-files=no",
-                "--",
-                ".",
-                ":!tests/bench/results",
-            ],
+            ["git", "status", "--porcelain", "--untracked-files=no", *code],
             cwd=ROOT,
             capture_output=True,
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return f"{commit}+changes" if changes else commit
+    return f"{commit.strip()}+changes" if changes else commit.strip()
 
 
 def write_result(kind: str, details: dict[str, object], stamp: str = "") -> Path:
