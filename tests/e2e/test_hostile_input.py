@@ -93,7 +93,15 @@ LEAKED_SQL: Final = ("SELECT ", "INSERT INTO")
 LEAKED_INTERNALS: Final = ("traceback", "psycopg")
 
 # Part of the reliability suite too (make test-reliability), and of make test.
-pytestmark = pytest.mark.reliability
+pytestmark = [
+    pytest.mark.reliability,
+    # A falsifying example of a thousand events has a repr of most of a megabyte:
+    # Hypothesis warns of it before replaying the example, and with warnings as
+    # errors that warning would be reported instead of the failure it replays.
+    pytest.mark.filterwarnings(
+        "ignore:Generating overly large repr:hypothesis.errors.HypothesisWarning"
+    ),
+]
 
 FUZZ = settings(
     max_examples=50,
