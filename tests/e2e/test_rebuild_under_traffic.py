@@ -30,9 +30,20 @@ def live_version(database_url: str, name: str) -> int:
 def test_rebuild_and_swap_under_traffic_fail_no_call(
     server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Batches of 500 after the first rather than of 50,000, so that traffic runs
-    # between them.
-    monkeypatch.setattr(engine, "rebuild_batch_events", lambda *_: 500)
+    rebuilding = threading.Event()
+    flowed = threading.Event()  # a traffic call completed while the rebuild ran
+    waited = threading.Event()
+
+    def batch_events(*_: object) -> int:
+        # Batches of 500 after the first rather than of 50,000, so that traffic runs
+        # between them; and the rebuild waits for a traffic call to complete while
+        # it runs, however fast this machine rebuilds or slow the first drafts are.
+        if not waited.is_set():  # once: traffic that never flows fails the test below
+            waited.set()
+            flowed.wait(timeout=60)
+        return 500
+
+    monkeypatch.setattr(engine, "rebuild_batch_events", batch_events)
     world = setup_world(server)
     at = world.first_period_instant
     history = 20_000  # enough history that the rebuild takes a while
@@ -59,6 +70,8 @@ def test_rebuild_and_swap_under_traffic_fail_no_call(
                 with counting:
                     calls["record"] += 1
                     calls["read"] += 1
+                if rebuilding.is_set():
+                    flowed.set()
             except grpc.RpcError as error:
                 failures.append(error)
 
@@ -68,6 +81,7 @@ def test_rebuild_and_swap_under_traffic_fail_no_call(
     monkeypatch.setenv("ACCRUAL_DATABASE_URL", server.database_url)
     with counting:
         before_rebuild = calls["record"]
+        rebuilding.set()
     try:
         output = io.StringIO()
         with contextlib.redirect_stdout(output), contextlib.redirect_stderr(io.StringIO()):
