@@ -13,7 +13,7 @@ import grpc
 import structlog
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from ledger.app.context import RequestContext
 from services.alerting import AlertFollower
@@ -145,9 +145,13 @@ def create_server(app: App, address: str, interceptors: Sequence[object] = ()) -
         ReportingServicer(app.reporting, app.forecasting, app.statements, app.costs),
     )
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    open_services = WrappedRegistration(server, [])  # open and uncounted: no wrappers
+    open_services.register(health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
+    open_services.register(
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+        reflection.aio.ReflectionServicer(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        ),
     )
     port = _bind(server, address, app.settings.tls)
     if port == 0:

@@ -13,6 +13,7 @@ import pytest
 from google.protobuf import descriptor_pool, message_factory
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from services.api.accrual.v1 import (
@@ -118,6 +119,19 @@ def test_calls_without_a_valid_credential_are_unauthenticated(server: RunningSer
         health = health_pb2_grpc.HealthStub(channel)
         reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert reflected_services(channel) == {
+            *SERVICE_NAMES,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+        }
+
+
+def reflected_services(channel: grpc.Channel) -> set[str]:
+    """The services the server lists over gRPC reflection, as grpcurl asks."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    ask = reflection_pb2.ServerReflectionRequest(list_services="")
+    (reply,) = stub.ServerReflectionInfo(iter([ask]), timeout=5)
+    return {service.name for service in reply.list_services_response.service}
 
 
 def test_a_denial_is_audited_with_its_principal_and_method(server: RunningServer) -> None:
