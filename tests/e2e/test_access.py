@@ -126,6 +126,29 @@ def test_calls_without_a_valid_credential_are_unauthenticated(server: RunningSer
         }
 
 
+def test_no_method_is_registered_by_name(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gRPC's aio server waits for each call on one pending request per method
+    registered by name, so the server registers every service, health checking
+    and reflection too, as a generic handler only."""
+    by_name: list[str] = []
+
+    def record(_: object, service: str, handlers: object) -> None:
+        by_name.append(service)
+
+    monkeypatch.setattr(grpc.aio._server.Server, "add_registered_method_handlers", record)
+    running = serving(database_url)
+    server = next(running)
+    try:
+        health = health_pb2_grpc.HealthStub(server.channel)
+        reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        next(running, None)  # stops the server
+    assert by_name == []
+
+
 def reflected_services(channel: grpc.Channel) -> set[str]:
     """The services the server lists over gRPC reflection, as grpcurl asks."""
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
