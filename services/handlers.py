@@ -37,6 +37,12 @@ class HandlerWrapper(Protocol):
         ...
 
 
+class GenericHandlerRegistry(Protocol):
+    """Where generic handlers go: a ``grpc.aio.Server``, or a bench's stand-in."""
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None: ...
+
+
 class WrappedRegistration:
     """Registers services on ``server`` with each method's handler wrapped by
     ``wrappers``, the first outermost (it sees a call first).
@@ -48,7 +54,7 @@ class WrappedRegistration:
     module's docstring for why not by name).
     """
 
-    def __init__(self, server: grpc.aio.Server, wrappers: Sequence[HandlerWrapper]) -> None:
+    def __init__(self, server: GenericHandlerRegistry, wrappers: Sequence[HandlerWrapper]) -> None:
         self._server = server
         self._wrappers = tuple(reversed(wrappers))  # innermost first
         self._registered: list[str] = []

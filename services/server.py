@@ -43,7 +43,7 @@ from services.bootstrap import App
 from services.config import TlsFiles
 from services.draining import CallsInFlight, stop_when_drained
 from services.errors import DecodeRequests
-from services.handlers import WrappedRegistration
+from services.handlers import GenericHandlerRegistry, WrappedRegistration
 from services.health import HealthMonitor
 from services.request import trace_ids
 from services.servicers.alerts import AlertServicer
@@ -111,8 +111,6 @@ def create_server(app: App, address: str, interceptors: Sequence[object] = ()) -
     """
     if missing := undecided(_methods(SERVICE_NAMES)):
         raise RuntimeError(f"no access policy for {', '.join(missing)}: add it to PERMISSIONS")
-    limiter = RateLimiter(app.settings.rate_limit_per_s, app.settings.rate_limit_burst)
-    guard = Guard(app.credentials, limiter, _denial_recorder(app))
     calls = CallsInFlight()
     server = grpc.aio.server(
         interceptors=list(interceptors) or None,
@@ -121,6 +119,30 @@ def create_server(app: App, address: str, interceptors: Sequence[object] = ()) -
             ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
         ],
     )
+    register_accrual_services(app, server, calls)
+    health_servicer = health.aio.HealthServicer()
+    open_services = WrappedRegistration(server, [])  # open and uncounted: no wrappers
+    open_services.register(health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
+    open_services.register(
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+        reflection.aio.ReflectionServicer(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        ),
+    )
+    port = _bind(server, address, app.settings.tls)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    return Server(server, port, health_servicer, calls, alerting=app.alerting)
+
+
+def register_accrual_services(
+    app: App, server: GenericHandlerRegistry, calls: CallsInFlight
+) -> None:
+    """Every Accrual service on ``server`` (a ``grpc.aio.Server``, or anything that
+    takes its two registration calls), each method counted by ``calls``, decoded
+    tolerantly and guarded: what a call runs through, apart from gRPC itself."""
+    limiter = RateLimiter(app.settings.rate_limit_per_s, app.settings.rate_limit_burst)
+    guard = Guard(app.credentials, limiter, _denial_recorder(app))
     accrual = WrappedRegistration(server, [calls, DecodeRequests(), guard])
     accrual.register(
         usage_pb2_grpc.add_UsageServiceServicer_to_server, UsageServicer(app.record_usage)
@@ -144,19 +166,6 @@ def create_server(app: App, address: str, interceptors: Sequence[object] = ()) -
         reports_pb2_grpc.add_ReportingServiceServicer_to_server,
         ReportingServicer(app.reporting, app.forecasting, app.statements, app.costs),
     )
-    health_servicer = health.aio.HealthServicer()
-    open_services = WrappedRegistration(server, [])  # open and uncounted: no wrappers
-    open_services.register(health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
-    open_services.register(
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
-        reflection.aio.ReflectionServicer(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
-        ),
-    )
-    port = _bind(server, address, app.settings.tls)
-    if port == 0:
-        raise OSError(f"could not bind {address}")
-    return Server(server, port, health_servicer, calls, alerting=app.alerting)
 
 
 def _bind(server: grpc.aio.Server, address: str, tls: TlsFiles | None) -> int:
