@@ -10,26 +10,34 @@ own embedded PostgreSQL (fsync on) and measures:
 1. RecordUsage, 1,000 events a call, 8 calls at a time: the servicer's own
    method (request decoded from bytes, its reply encoded to bytes) through the
    group committer and the event store, in microseconds of CPU per event;
-2. the projection runner catching up on what that wrote: every live
+2. RecordUsage, one event a call, 64 calls at a time, through the handler
+   chain every served call runs (draining count, tolerant decoding, the
+   Guard's token check, logging and metrics): the request decoded from bytes
+   and its reply encoded, in microseconds of CPU per call;
+3. the projection runner catching up on what those wrote: every live
    projection, in microseconds of CPU per ledger event.
 
 Each is given twice: the CPU of this process, and that of PostgreSQL's
 processes (backends, WAL writer, checkpointer...) in the same span, which
 together bound how many events two cores can take. gRPC's transport is not
-counted: the ingest benchmark measures that. Knob: ACCRUAL_BENCH_CPU_CALLS
-(default 400).
+counted: the ingest benchmark measures that. Knobs: ACCRUAL_BENCH_CPU_CALLS
+(default 400) and ACCRUAL_BENCH_CPU_SINGLE_CALLS (default 20,000).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+import grpc
+import psycopg
 from embedded import migrated_embedded_database, postgres_cpu_seconds, postmaster_of
 from google.protobuf.timestamp_pb2 import Timestamp
 from results_file import print_figures, write_result
@@ -37,15 +45,24 @@ from results_file import print_figures, write_result
 from ledger.app.catalog import MetricInput
 from ledger.app.context import RequestContext
 from services.api.accrual.v1 import usage_pb2
+from services.auth.credentials import issue_token
 from services.bootstrap import App, running_app
 from services.config import Settings
+from services.draining import CallsInFlight
 from services.logs import configure_logging
-from services.server import SERVING_GC_YOUNG_THRESHOLD, tune_garbage_collector
+from services.server import (
+    SERVING_GC_YOUNG_THRESHOLD,
+    register_accrual_services,
+    tune_garbage_collector,
+)
 from services.servicers.usage import UsageServicer
 
 CALLS = int(os.environ.get("ACCRUAL_BENCH_CPU_CALLS", "400"))
 EVENTS_PER_CALL = 1_000
 CONCURRENT_CALLS = 8
+SINGLE_CALLS = int(os.environ.get("ACCRUAL_BENCH_CPU_SINGLE_CALLS", "20000"))
+SINGLE_CONCURRENT_CALLS = 64
+RECORD_USAGE = "/accrual.v1.UsageService/RecordUsage"
 CUSTOMERS = 100
 CTX = RequestContext(actor="bench", reason="benchmark")
 
@@ -57,19 +74,46 @@ class _Context:
         return ()
 
 
-def request_bytes(call: int, now: datetime) -> bytes:
-    """A serialized call of 1,000 events, as the ingest benchmark's clients send."""
+class _CallContext(_Context):
+    """A served call's context as the handler chain uses it: metadata with the
+    caller's token."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def invocation_metadata(self) -> Sequence[tuple[str, str]]:
+        return self._metadata
+
+
+class _Handlers:
+    """Stands in for the gRPC server to collect the generic handlers registered."""
+
+    def __init__(self) -> None:
+        self.generic: list[grpc.GenericRpcHandler] = []
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self.generic.extend(handlers)
+
+    def find(self, method: str) -> grpc.RpcMethodHandler:
+        details = type("Details", (), {"method": method, "invocation_metadata": ()})()
+        found = [h.service(details) for h in self.generic]
+        return next(handler for handler in found if handler is not None)
+
+
+def request_bytes(call: int, now: datetime, events_per_call: int = EVENTS_PER_CALL) -> bytes:
+    """A serialized call of ``events_per_call`` events, as the ingest benchmark's
+    clients send."""
     stamp = Timestamp()
     stamp.FromDatetime(now - timedelta(seconds=30))
     events = [
         usage_pb2.UsageEvent(
             transaction_id=f"tx-{call}-{n:06d}",
-            customer_id=f"cust-{n % CUSTOMERS:03d}",
+            customer_id=f"cust-{(call + n) % CUSTOMERS:03d}",
             event_type="completion",
             timestamp=stamp,
             properties={"model": "small", "tokens": "1234"},
         )
-        for n in range(EVENTS_PER_CALL)
+        for n in range(events_per_call)
     ]
     return usage_pb2.RecordUsageRequest(events=events).SerializeToString()
 
@@ -126,6 +170,49 @@ async def ingest_cpu(app: App, postmaster: int) -> dict[str, int | float]:
     }
 
 
+async def single_event_cpu(app: App, url: str, postmaster: int) -> dict[str, int | float]:
+    """Single-event RecordUsage calls through the handler chain a served call runs."""
+    with psycopg.connect(url) as conn:
+        token = issue_token(conn, "bench", ["ingest"]).token
+    handlers = _Handlers()
+    register_accrual_services(app, handlers, CallsInFlight())
+    handler = handlers.find(RECORD_USAGE)
+    decode, encode, behaviour = (
+        handler.request_deserializer,
+        handler.response_serializer,
+        handler.unary_unary,
+    )
+    assert decode is not None and encode is not None and behaviour is not None
+    context = _CallContext(token)
+    now = datetime.now(UTC)
+    # Call numbers after the batched phase's, so every transaction id is new.
+    requests = [request_bytes(CALLS + n, now, 1) for n in range(SINGLE_CALLS)]
+    accepted = usage_pb2.UsageEventResult.ACCEPTED
+    pending = iter(requests)
+
+    async def caller() -> None:
+        for data in pending:
+            reply = await behaviour(decode(data), context)
+            assert reply.results[0].status == accepted, reply.results[0]
+            encode(reply)
+
+    warm = [next(pending) for _ in range(SINGLE_CONCURRENT_CALLS)]
+    calls = SINGLE_CALLS - SINGLE_CONCURRENT_CALLS
+    # Each call's log line is part of its cost, as `accrual serve` writes it.
+    configure_logging("json", level=logging.INFO)
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+        await asyncio.gather(*(behaviour(decode(data), context) for data in warm))
+        with CpuSpan(postmaster) as span:
+            await asyncio.gather(*(caller() for _ in range(SINGLE_CONCURRENT_CALLS)))
+    configure_logging("json", level=logging.WARNING)
+    return {
+        "RecordUsage single: calls": calls,
+        "RecordUsage single: CPU us/call": span.ours / calls * 1e6,
+        "RecordUsage single: PostgreSQL CPU us/call": span.postgres / calls * 1e6,
+        "RecordUsage single: calls/s (one process, no network)": calls / span.wall,
+    }
+
+
 async def projector_cpu(app: App, from_seq: int, postmaster: int) -> dict[str, float]:
     """The runner catching up on every event after ``from_seq``."""
     head = (await app.store.head()).seq
@@ -141,7 +228,9 @@ async def projector_cpu(app: App, from_seq: int, postmaster: int) -> dict[str, f
 
 
 def main() -> int:
-    configure_logging("json", level=30)  # the per-call log lines are not what is measured
+    # A batched call's one log line is not what is measured (the single-event
+    # phase logs each call, as served).
+    configure_logging("json", level=logging.WARNING)
     tune_garbage_collector(SERVING_GC_YOUNG_THRESHOLD)  # as `accrual serve` runs
     with migrated_embedded_database() as url:
         settings = dataclasses.replace(Settings.from_env({}), run_projector=False)
@@ -153,13 +242,16 @@ def main() -> int:
                 await setup(app)
                 before = (await app.store.head()).seq
                 ingest = await ingest_cpu(app, postmaster)
-                return {**ingest, **await projector_cpu(app, before, postmaster)}
+                single = await single_event_cpu(app, url, postmaster)
+                return {**ingest, **single, **await projector_cpu(app, before, postmaster)}
 
         figures = asyncio.run(run())
     print_figures(
-        f"Accrual ingest CPU: {CALLS:,} calls of {EVENTS_PER_CALL:,} events, in process", figures
+        f"Accrual ingest CPU: {CALLS:,} calls of {EVENTS_PER_CALL:,} events and"
+        f" {SINGLE_CALLS:,} of one, in process",
+        figures,
     )
-    write_result("ingest-cpu", {"calls": CALLS, "figures": figures})
+    write_result("ingest-cpu", {"calls": CALLS, "single_calls": SINGLE_CALLS, "figures": figures})
     return 0
 
 
