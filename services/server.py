@@ -139,8 +139,8 @@ def register_accrual_services(
     app: App, server: GenericHandlerRegistry, calls: CallsInFlight
 ) -> None:
     """Every Accrual service on ``server`` (a ``grpc.aio.Server``, or anything that
-    takes its two registration calls), each method counted by ``calls``, decoded
-    tolerantly and guarded: what a call runs through, apart from gRPC itself."""
+    takes generic handlers), each method counted by ``calls``, decoded tolerantly
+    and guarded: what a call runs through, apart from gRPC itself."""
     limiter = RateLimiter(app.settings.rate_limit_per_s, app.settings.rate_limit_burst)
     guard = Guard(app.credentials, limiter, _denial_recorder(app))
     accrual = WrappedRegistration(server, [calls, DecodeRequests(), guard])
