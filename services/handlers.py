@@ -5,19 +5,18 @@ the next handler anew. What Accrual does around a call (count it, decode its
 request tolerantly, admit its caller) depends only on the method, so each
 :class:`HandlerWrapper` wraps a method's handler once, here, and a call only
 runs the wrapped functions (single-event RecordUsage calls went about 3%
-faster, in eight alternating pairs of runs). Health checking and reflection are registered
-here with no wrappers: they are open, and not counted.
+faster, in eight alternating pairs of runs). Health checking and reflection
+are registered here with no wrappers: they are open, and not counted.
 
 Every method is registered as a generic handler only, never by name. gRPC's
 aio server keeps one pending request per method registered by name, plus one
 for the rest, and waits for the next call with ``asyncio.wait`` over all of
 them: a cost per call that grows with the methods served (Accrual's 35, and
-health checking's and reflection's).
-That wait took 30 us a call over 45 pending requests against 10 us over one,
-in a loop that did nothing else; in a profile of the server under 64
-single-event callers it was 4% of all samples. A generic handler costs
-instead a dictionary lookup for each service registered before the call's
-(UsageService is registered first).
+health checking's and reflection's). That wait took 30 us a call over 45
+pending requests against 10 us over one, in a loop that did nothing else; in
+a profile of the server under 64 single-event callers it was 4% of all
+samples. A generic handler costs instead a dictionary lookup for each service
+registered before the call's (UsageService is registered first).
 """
 
 from __future__ import annotations
