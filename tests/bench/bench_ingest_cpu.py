@@ -22,8 +22,9 @@ processes (backends, WAL writer, checkpointer...) in the same span, which
 together bound how many events two cores can take. gRPC's transport is not
 counted: the ingest benchmark measures that. Each phase starts after a
 CHECKPOINT, so that none pays for writing out the pages the one before left
-dirty, and every call logs its line, as served, to /dev/null. Knobs: ACCRUAL_BENCH_CPU_CALLS
-(default 400) and ACCRUAL_BENCH_CPU_SINGLE_CALLS (default 20,000).
+dirty, and every call logs its line, as served, to /dev/null. Knobs:
+ACCRUAL_BENCH_CPU_CALLS (default 400) and ACCRUAL_BENCH_CPU_SINGLE_CALLS
+(default 20,000).
 """
 
 from __future__ import annotations
