@@ -105,6 +105,17 @@ _NEWEST_AFTER: Final = (
     " AND event_type <> 'UsageRecorded' AND seq > %s"
 )
 _STREAM_VERSIONS: Final = "SELECT stream_id, version FROM streams WHERE stream_id = ANY(%s)"
+# The end of an append, in one statement: as three, each sent and answered on its
+# own, an append of 1 or 22 events took about 4% more (35-60 us) of its process's
+# CPU. A data-modifying WITH runs to completion whether or not the query reads
+# it, and the NOTIFY is delivered at commit, as before.
+_ADVANCE: Final = (
+    "WITH streams_moved AS (INSERT INTO streams (stream_id, version)"
+    " SELECT * FROM unnest(%s::text[], %s::bigint[])"
+    " ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version),"
+    " head_moved AS (UPDATE ledger_heads SET last_seq = %s, last_hash = %s WHERE partition = %s)"
+    " SELECT pg_notify(%s, %s)"
+)
 # What COPY's bytea columns are dumped with. By type oid, psycopg's registry
 # answers its DB-API ``Binary`` wrapper's dumper, whose Python ``dump`` costs
 # 0.07 us more per value than the one it chooses for ``bytes`` (compiled, where
@@ -742,13 +753,14 @@ async def _advance(
     """Move the streams' versions and the partition's head past the events copied,
     and tell listeners (the projection runner) where the ledger now ends."""
     await conn.execute(
-        "INSERT INTO streams (stream_id, version)"
-        " SELECT * FROM unnest(%s::text[], %s::bigint[])"
-        " ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version",
-        (list(versions), list(versions.values())),
+        _ADVANCE,
+        (
+            list(versions),
+            list(versions.values()),
+            last_seq,
+            last_hash,
+            DEFAULT_PARTITION,
+            NOTIFY_CHANNEL,
+            str(last_seq),
+        ),
     )
-    await conn.execute(
-        "UPDATE ledger_heads SET last_seq = %s, last_hash = %s WHERE partition = %s",
-        (last_seq, last_hash, DEFAULT_PARTITION),
-    )
-    await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(last_seq)))
