@@ -51,9 +51,24 @@ def test_the_stamp_follows_the_clock_across_a_second(monkeypatch: pytest.MonkeyP
     ]
 
 
+RENDER = structlog.processors.JSONRenderer(serializer=json_line)
+
+
+def test_lines_are_compact_json() -> None:
+    assert RENDER(None, "info", {"event": "rpc", "n": 3, "ok": True}) == (
+        '{"event":"rpc","n":3,"ok":true}'
+    )
+
+
 def test_values_json_cannot_hold_natively_are_still_written() -> None:
-    fallback = structlog.processors.JSONRenderer(serializer=json_line)
-    line = json.loads(fallback(None, "info", {"amount": Decimal("1.20"), "slot": {3: "x"}}))
+    line = json.loads(RENDER(None, "info", {"amount": Decimal("1.20"), "slot": {3: "x"}}))
     assert line == {"amount": "Decimal('1.20')", "slot": {"3": "x"}}
-    beyond_64_bits = json.loads(fallback(None, "info", {"seq": 2**70}))
+    beyond_64_bits = json.loads(RENDER(None, "info", {"seq": 2**70}))
     assert beyond_64_bits == {"seq": 2**70}
+
+
+def test_a_line_stays_ascii_so_no_reader_splits_it() -> None:
+    text = RENDER(None, "info", {"principal": "ops\u2028team", "customer": "Zürich"})
+    assert text.isascii()
+    assert len(text.splitlines()) == 1
+    assert json.loads(text) == {"principal": "ops\u2028team", "customer": "Zürich"}
