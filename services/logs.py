@@ -95,8 +95,13 @@ def json_line(event: structlog.typing.EventDict, **kwargs: Any) -> str:
     try:
         encoded = orjson.dumps(event, default=default, option=orjson.OPT_NON_STR_KEYS)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return json.dumps(event, default=default)
-    return encoded.decode() if encoded.isascii() else json.dumps(event, default=default)
+        return _stdlib_line(event, default)
+    return encoded.decode() if encoded.isascii() else _stdlib_line(event, default)
+
+
+def _stdlib_line(event: structlog.typing.EventDict, default: Callable[[Any], Any] | None) -> str:
+    # Compact, as orjson writes: every line has the same form whichever encoded it.
+    return json.dumps(event, default=default, separators=(",", ":"))
 
 
 class _StderrLogger:
