@@ -12,7 +12,10 @@ It starts its own embedded PostgreSQL (fsync on) and, in one run, measures:
    with 64 calls in flight, calls/s and p50/p99;
 4. Accrual's RecordUsage through a real ``accrual serve`` on the same database:
    (a) batches of 1,000 events from 8 concurrent clients, (b) single events with
-   64 calls in flight; events/s, p50/p99, the server's peak RSS and CPU;
+   64 calls in flight; events/s, p50/p99, the server's peak RSS and CPU, and
+   p50/p99 of the time each call spent in Accrual's handler (the ``duration_ms``
+   of its log line), against which the client's latency shows what gRPC's
+   queues and transport add;
 5. the same two loads with the projector in its own ``accrual project`` process
    (``ACCRUAL_RUN_PROJECTOR=false`` for the server), as one deploys for heavy
    ingest; the projector's CPU is reported beside the server's.
@@ -122,6 +125,28 @@ def percentile(ordered: list[float], q: float) -> float:
     if not ordered:
         return float("nan")
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def handler_times(log: Path, window: tuple[float, float]) -> dict[str, float]:
+    """p50/p99 of RecordUsage's time in Accrual's handler, from the ``duration_ms``
+    the server logs for each call, over the calls that ended in ``window``. Set
+    beside the client's latency, it shows how much of that is Accrual's own work
+    and how much is spent outside it: in gRPC's queues and transport, both sides."""
+    durations = []
+    with log.open("rb") as lines:
+        for line in lines:
+            if b'"method":"RecordUsage"' not in line:
+                continue
+            entry = json.loads(line)
+            ended = datetime.fromisoformat(entry["timestamp"]).timestamp()
+            if entry.get("event") == "rpc" and window[0] <= ended <= window[1]:
+                durations.append(float(entry["duration_ms"]))
+    durations.sort()
+    return {
+        "handler_calls": len(durations),
+        "handler_p50_ms": percentile(durations, 0.50),
+        "handler_p99_ms": percentile(durations, 0.99),
+    }
 
 
 def customer_id(n: int) -> str:
@@ -314,6 +339,7 @@ class Sampler:
         if self.extra is not None:
             self.cpu[f"{name}_extra"] = cpu_seconds_of(self.extra)
         self.cpu[f"{name}_t"] = time.perf_counter()
+        self.cpu[f"{name}_wall"] = time.time()  # to find the window's lines in a log
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -322,6 +348,10 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def window(self) -> tuple[float, float]:
+        """The measured span, START to STOP, in seconds since the epoch."""
+        return self.cpu["START_wall"], self.cpu["STOP_wall"]
 
     def cpu_pct(self, who: str) -> float:
         if f"STOP_{who}" not in self.cpu:
@@ -655,6 +685,7 @@ def accrual_phases(
                 result["projector_cpu_pct"] = sampler.cpu_pct("extra")
                 result["server_peak_rss_kb"] = sampler.peak_rss_kb
                 result["projections_caught_up_before_s"] = drained_s
+                result |= handler_times(data_dir / "serve.log", sampler.window())
                 if profile is not None:
                     result["pyspy_profile"] = profile.name
                 figures[name] = result
@@ -668,6 +699,13 @@ def accrual_phases(
             "written": usage_rows(url) - rows_before,
         }
     return figures
+
+
+def _handler_share(row: dict[str, Any]) -> str:
+    return (
+        f"{row['handler_p50_ms']:.1f}/{row['handler_p99_ms']:.1f} ms"
+        f" of the client's {row['p50_ms']:.1f}/{row['p99_ms']:.1f}"
+    )
 
 
 def pg_version(url: str) -> str:
@@ -801,6 +839,10 @@ def main() -> int:
             f" / acknowledged {run['ledger_check']['acknowledged']:,};"
             f" projections caught up {run['single']['projections_caught_up_before_s']:.1f} s"
             " after the batched phase"
+        )
+        print(
+            f"  {where}: in Accrual's handler (p50/p99 of its logged duration_ms),"
+            f" batched {_handler_share(run['batched'])}; single {_handler_share(run['single'])}"
         )
     for name, row in (
         ("echo", echo_r),
