@@ -127,11 +127,12 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def handler_times(log: Path, window: tuple[float, float]) -> dict[str, float]:
+def handler_times(log: Path, window: tuple[float, float]) -> dict[str, int | float]:
     """p50/p99 of RecordUsage's time in Accrual's handler, from the ``duration_ms``
-    the server logs for each call, over the calls that ended in ``window``. Set
-    beside the client's latency, it shows how much of that is Accrual's own work
-    and how much is spent outside it: in gRPC's queues and transport, both sides."""
+    the server logs for each call, over the successful calls that ended in
+    ``window`` (the client times only those). Set beside the client's latency, it
+    shows how much of that is spent outside the handler: in gRPC's queues and
+    transport, both sides, and in the checks and decoding that come before it."""
     durations = []
     with log.open("rb") as lines:
         for line in lines:
@@ -139,7 +140,8 @@ def handler_times(log: Path, window: tuple[float, float]) -> dict[str, float]:
                 continue
             entry = json.loads(line)
             ended = datetime.fromisoformat(entry["timestamp"]).timestamp()
-            if entry.get("event") == "rpc" and window[0] <= ended <= window[1]:
+            served = entry.get("event") == "rpc" and entry.get("code") == "OK"
+            if served and window[0] <= ended <= window[1]:
                 durations.append(float(entry["duration_ms"]))
     durations.sort()
     return {
@@ -333,13 +335,13 @@ class Sampler:
             self._stop.wait(0.2)
 
     def mark(self, name: str) -> None:
+        self.cpu[f"{name}_wall"] = time.time()  # first: the window's log lines are read by it
         self.cpu[f"{name}_server"] = cpu_seconds_of(self.pid)
         if self.postmaster is not None:
             self.cpu[f"{name}_postgres"] = postgres_cpu_seconds(self.postmaster)
         if self.extra is not None:
             self.cpu[f"{name}_extra"] = cpu_seconds_of(self.extra)
         self.cpu[f"{name}_t"] = time.perf_counter()
-        self.cpu[f"{name}_wall"] = time.time()  # to find the window's lines in a log
 
     def __enter__(self) -> Sampler:
         self._thread.start()
